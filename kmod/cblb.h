@@ -1,0 +1,221 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * cblb: copy-on-write snapshots of live block devices.
+ *
+ * One struct cblb_snapshot per snapshot device. Its parts, one file each:
+ *   registry.c   slots under total=N, create/start/remove, the registry mutex
+ *   sysfs.c      /sys/kernel/cblb/cmd parser, per-device attributes
+ *   tracker.c    ftrace hook on submit_bio_noacct: finds origin writes (hash by disk)
+ *   cow.c        the copy-on-write worker and the copied-chunk index
+ *   store.c      temp files in the catalog: creation, extent map, slot -> sector
+ *   snapimage.c  the read-only snapshot block device /dev/<dev>
+ *
+ * Lock story (the big picture; each file details its own):
+ *   cblb_registry_lock (mutex)  slots[], the tracker hash's writers, every command.
+ *                               Taken only from sysfs writes and module init/exit.
+ *   tracker hash                RCU: writers hold cblb_registry_lock, readers are
+ *                               the ftrace handler and the redirected submitter.
+ *   snapshot->pending_lock      (spinlock, irq-safe) the queue of origin writes that
+ *                               wait for their chunks to be copied.
+ *   snapshot->state_lock        (spinlock) state transitions and the error text.
+ *   snapshot->read_lock         (spinlock) orders snapshot reads of the origin against
+ *                               the worker marking chunks copied.
+ *   store->lock                 (spinlock) the count of ready temp files.
+ *   The index (xarray) has its own lock; it has a single writer, the COW worker.
+ */
+#ifndef CBLB_H
+#define CBLB_H
+
+#include <linux/types.h>
+#include <linux/blkdev.h>
+#include <linux/bio.h>
+#include <linux/kobject.h>
+#include <linux/xarray.h>
+#include <linux/workqueue.h>
+#include <linux/wait.h>
+#include <linux/path.h>
+#include "compat.h"
+
+#define CBLB_VERSION		"0.17.0"
+#define CBLB_NAME_MAX		31
+#define CBLB_TOTAL_MAX		255
+#define CBLB_MAX_FILES		4096
+#define CBLB_MIN_FILE_BLOCKS	8
+
+#define CBLB_CHUNK_SHIFT	12
+#define CBLB_CHUNK_SIZE		(1U << CBLB_CHUNK_SHIFT)
+#define CBLB_CHUNK_SECTORS	(CBLB_CHUNK_SIZE >> SECTOR_SHIFT)
+/* Chunks copied per batch: caps the copy buffers at 1 MiB per active snapshot. */
+#define CBLB_BATCH_CHUNKS	256
+/* Snapshot reads of the origin in flight are counted in this many buckets by chunk. */
+#define CBLB_READ_BUCKETS	256
+/* The preparer keeps at least this many chunks (64 MiB) of temp files ready ahead. */
+#define CBLB_AHEAD_CHUNKS	16384
+/* Slots are stored +1 in 31 bits of the index: the store holds at most 2^31 - 2 chunks. */
+#define CBLB_MAX_SLOTS		((1ULL << 31) - 2)
+
+static inline sector_t chunk_to_sector(u64 chunk)
+{
+	return chunk << (CBLB_CHUNK_SHIFT - SECTOR_SHIFT);
+}
+
+static inline u64 sector_to_chunk(sector_t sector)
+{
+	return sector >> (CBLB_CHUNK_SHIFT - SECTOR_SHIFT);
+}
+
+/**
+ * enum cblb_state - life of a snapshot.
+ * @CBLB_CREATED: registered by "create"; origin opened, nothing tracked.
+ * @CBLB_ACTIVE:  "start" done: origin writes are copied first, /dev/<dev> serves reads.
+ * @CBLB_FAILED:  the store filled up or a copy failed: origin writes pass untouched,
+ *                snapshot reads fail with EIO, "remove" still cleans up.
+ *
+ * 0 -> CREATED -> ACTIVE -> FAILED; "remove" ends any state.
+ */
+enum cblb_state {
+	CBLB_CREATED,
+	CBLB_ACTIVE,
+	CBLB_FAILED,
+};
+
+const char *cblb_state_name(enum cblb_state state);
+
+/* One contiguous run of a temp file on the store device. */
+struct cblb_extent {
+	u64 offset;	/* byte offset in the file */
+	u64 len;	/* bytes */
+	sector_t sector;/* first sector on the store device */
+};
+
+struct cblb_store_file {
+	struct file *file;
+	unsigned int nr_extents;
+	struct cblb_extent *extents;	/* sorted by offset, covering the whole file */
+};
+
+struct cblb_store {
+	struct path catalog;
+	char *catalog_name;
+	struct block_device *bdev;	/* the catalog filesystem's device */
+	bool on_origin;			/* bdev is the origin itself */
+	u64 file_chunks;		/* slots in one temp file */
+	u64 file_bytes;
+	unsigned int max_files;
+	/* files[i] is published with smp_store_release once ready, then never changes. */
+	struct cblb_store_file **files;
+	spinlock_t lock;
+	unsigned int nr_ready;		/* Protected by lock */
+	unsigned int nr_preparing;	/* Protected by lock */
+	int prepare_error;		/* Protected by lock */
+	wait_queue_head_t ready_wq;
+	u64 next_slot;			/* Owned by the COW worker */
+	struct mm_struct *mm;		/* borrowed for FIEMAP's user buffer, see store.c */
+	struct work_struct prepare_work;
+	struct cblb_snapshot *snap;
+};
+
+struct cblb_snapshot {
+	struct kobject kobj;
+	char name[CBLB_NAME_MAX + 1];
+	char *origin_path;
+	int slot;
+
+	/* origin */
+	struct cblb_bdev origin;
+	dev_t origin_dev;
+	struct gendisk *origin_disk;
+	sector_t origin_start;		/* absolute first sector on origin_disk */
+	sector_t origin_sectors;
+	unsigned int origin_lbs;
+
+	/* state */
+	spinlock_t state_lock;
+	enum cblb_state state;		/* Protected by state_lock; READ_ONCE for a peek */
+	char error[160];		/* Protected by state_lock */
+	bool dying;			/* set by remove before the worker's last run */
+	u64 start_time_ns;
+	u64 start_latency_us;
+	const char *freeze;
+
+	/* tracker: in the hash while started, see tracker.c */
+	struct hlist_node hash_node;
+	bool tracked;			/* Protected by cblb_registry_lock */
+
+	/* copy-on-write, see cow.c */
+	spinlock_t pending_lock;
+	struct bio_list pending;	/* Protected by pending_lock */
+	struct workqueue_struct *wq;
+	struct work_struct cow_work;
+	struct xarray index;		/* chunk pair -> two (slot + 1) values */
+	atomic64_t cow_chunks;
+	atomic64_t index_entries;
+	struct page **cow_pages;	/* CBLB_BATCH_CHUNKS pages, owned by the worker */
+	u64 *batch_chunks;		/* CBLB_BATCH_CHUNKS, owned by the worker */
+	struct bio_set cow_bs;
+
+	/* snapshot reads of the origin in flight, see snapimage.c and cow.c */
+	spinlock_t read_lock;
+	atomic_t reads[CBLB_READ_BUCKETS];
+	wait_queue_head_t read_wq;
+
+	/* the snapshot device */
+	struct gendisk *disk;
+	struct bio_set read_bs;
+
+	struct cblb_store store;
+};
+
+/* registry.c */
+extern struct mutex cblb_registry_lock;
+extern int cblb_total;
+int cblb_registry_init(void);
+void cblb_registry_exit(void);
+int cblb_cmd_create(const char *name, const char *origin);
+int cblb_cmd_start(const char *name, const char *catalog, u64 file_blocks, u32 max_files);
+int cblb_cmd_remove(const char *name);
+int cblb_debug_show(char *buf);
+void cblb_fail(struct cblb_snapshot *s, const char *fmt, ...) __printf(2, 3);
+bool cblb_snapshot_active(struct cblb_snapshot *s);
+
+/* sysfs.c */
+int cblb_sysfs_init(void);
+void cblb_sysfs_exit(void);
+int cblb_sysfs_add(struct cblb_snapshot *s);
+void cblb_sysfs_del(struct cblb_snapshot *s);
+extern struct kobject *cblb_kobj;
+
+/* tracker.c */
+int cblb_tracker_init(void);
+void cblb_tracker_exit(void);
+void cblb_tracker_add(struct cblb_snapshot *s);
+void cblb_tracker_del(struct cblb_snapshot *s);
+void cblb_pass_bio(struct bio *bio);
+
+/* cow.c */
+int cblb_cow_init(struct cblb_snapshot *s);
+void cblb_cow_exit(struct cblb_snapshot *s);
+bool cblb_cow_intercept(struct cblb_snapshot *s, struct bio *bio, sector_t rel, sector_t len);
+void cblb_cow_drain(struct cblb_snapshot *s);
+u64 cblb_index_get(struct cblb_snapshot *s, u64 chunk);
+void cblb_cow_endio(struct bio *bio);
+
+/* store.c */
+int cblb_store_init(struct cblb_snapshot *s, const char *catalog, u64 file_blocks,
+		    u32 max_files);
+void cblb_store_exit(struct cblb_store *st);
+int cblb_store_alloc(struct cblb_store *st, unsigned int n, u64 *first);
+unsigned int cblb_store_locate(struct cblb_store *st, u64 slot, unsigned int off,
+			       sector_t *sector);
+unsigned int cblb_store_files(struct cblb_store *st);
+u64 cblb_store_capacity(struct cblb_store *st);
+int cblb_store_show_extents(struct cblb_store *st, char *buf);
+
+/* snapimage.c */
+int cblb_snapimage_init(void);
+void cblb_snapimage_exit(void);
+int cblb_snapimage_create(struct cblb_snapshot *s);
+void cblb_snapimage_destroy(struct cblb_snapshot *s);
+bool cblb_is_snapimage(struct gendisk *disk);
+
+#endif /* CBLB_H */

@@ -1,0 +1,110 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * Every difference between the kernels cblb supports (6.1 LTS and 6.12 LTS) lives here,
+ * decided by LINUX_VERSION_CODE, so the rest of the module reads as one API.
+ *
+ * 6.1                              6.12
+ * blkdev_get_by_dev/blkdev_put     bdev_file_open_by_dev/fput (a struct file per open)
+ * freeze_bdev/thaw_bdev            bdev_freeze/bdev_thaw
+ * blk_alloc_disk(node)             blk_alloc_disk(&queue_limits, node) returning ERR_PTR
+ * blk_queue_*_block_size()         limits passed at allocation
+ */
+#ifndef CBLB_COMPAT_H
+#define CBLB_COMPAT_H
+
+#include <linux/version.h>
+#include <linux/blkdev.h>
+#include <linux/fs.h>
+#include <linux/err.h>
+
+#if LINUX_VERSION_CODE < KERNEL_VERSION(6, 1, 0)
+#error "cblb needs Linux 6.1 or newer"
+#endif
+
+/* An open block device, whatever the kernel calls the handle. */
+struct cblb_bdev {
+	struct block_device *bdev;
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 9, 0)
+	struct file *file;
+#endif
+};
+
+static inline int cblb_bdev_open(dev_t dev, struct cblb_bdev *h)
+{
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 9, 0)
+	struct file *f = bdev_file_open_by_dev(dev, BLK_OPEN_READ, NULL, NULL);
+
+	if (IS_ERR(f))
+		return PTR_ERR(f);
+	h->file = f;
+	h->bdev = file_bdev(f);
+#else
+	struct block_device *b = blkdev_get_by_dev(dev, FMODE_READ, NULL);
+
+	if (IS_ERR(b))
+		return PTR_ERR(b);
+	h->bdev = b;
+#endif
+	return 0;
+}
+
+static inline void cblb_bdev_close(struct cblb_bdev *h)
+{
+	if (!h->bdev)
+		return;
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 9, 0)
+	fput(h->file);
+	h->file = NULL;
+#else
+	blkdev_put(h->bdev, FMODE_READ);
+#endif
+	h->bdev = NULL;
+}
+
+static inline int cblb_freeze(struct block_device *bdev)
+{
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 8, 0)
+	return bdev_freeze(bdev);
+#else
+	return freeze_bdev(bdev);
+#endif
+}
+
+static inline void cblb_thaw(struct block_device *bdev)
+{
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 8, 0)
+	bdev_thaw(bdev);
+#else
+	thaw_bdev(bdev);
+#endif
+}
+
+/* A bio-based read-only disk whose logical block size follows the origin's. */
+static inline struct gendisk *cblb_alloc_disk(unsigned int lbs)
+{
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 9, 0)
+	struct queue_limits lim = {
+		.logical_block_size = lbs,
+		.physical_block_size = max_t(unsigned int, lbs, 4096),
+		.io_min = 4096,
+	};
+
+	return blk_alloc_disk(&lim, NUMA_NO_NODE);
+#else
+	struct gendisk *disk = blk_alloc_disk(NUMA_NO_NODE);
+
+	if (!disk)
+		return ERR_PTR(-ENOMEM);
+	blk_queue_logical_block_size(disk->queue, lbs);
+	blk_queue_physical_block_size(disk->queue, max_t(unsigned int, lbs, 4096));
+	blk_queue_io_min(disk->queue, 4096);
+	return disk;
+#endif
+}
+
+static inline bool cblb_disk_open(struct gendisk *disk)
+{
+	return atomic_read(&disk->part0->bd_openers) > 0;
+}
+
+#endif /* CBLB_COMPAT_H */

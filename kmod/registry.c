@@ -1,0 +1,363 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * The registry: total=N slots of snapshots, and the three commands that change them.
+ *
+ * Lock story:
+ * - cblb_registry_lock (mutex) protects slots[] and serialises every command, module
+ *   exit included. It is held across "start" (freeze, track, thaw): nothing that runs
+ *   while the origin is frozen takes it.
+ * - A snapshot's state changes under its state_lock; the COW worker fails snapshots
+ *   without the registry lock. Readers peek with READ_ONCE().
+ * - Sysfs attribute reads need no lock: removing a snapshot's kobject waits for them.
+ */
+#define pr_fmt(fmt) "cblb: " fmt
+
+#include <linux/ctype.h>
+#include <linux/module.h>
+#include <linux/namei.h>
+#include <linux/slab.h>
+#include <linux/ktime.h>
+#include <linux/timekeeping.h>
+#include "cblb.h"
+#include "cblb_trace.h"
+
+DEFINE_MUTEX(cblb_registry_lock);
+static struct cblb_snapshot **slots;	/* Protected by cblb_registry_lock */
+
+static const char *const state_names[] = {
+	[CBLB_CREATED] = "created",
+	[CBLB_ACTIVE] = "active",
+	[CBLB_FAILED] = "failed",
+};
+
+const char *cblb_state_name(enum cblb_state state)
+{
+	return state < ARRAY_SIZE(state_names) ? state_names[state] : "unknown";
+}
+
+static void set_state(struct cblb_snapshot *s, enum cblb_state new)
+{
+	enum cblb_state old;
+
+	spin_lock(&s->state_lock);
+	old = s->state;
+	WRITE_ONCE(s->state, new);
+	spin_unlock(&s->state_lock);
+	trace_cblb_state(s->name, cblb_state_name(old), cblb_state_name(new));
+}
+
+/*
+ * Move an active snapshot to failed with a reason. Any context that may sleep; the first
+ * reason wins. Origin writes pass untouched from now on.
+ */
+void cblb_fail(struct cblb_snapshot *s, const char *fmt, ...)
+{
+	va_list ap;
+	bool first = false;
+
+	spin_lock(&s->state_lock);
+	if (s->state == CBLB_ACTIVE) {
+		va_start(ap, fmt);
+		vsnprintf(s->error, sizeof(s->error), fmt, ap);
+		va_end(ap);
+		WRITE_ONCE(s->state, CBLB_FAILED);
+		first = true;
+	}
+	spin_unlock(&s->state_lock);
+	if (first) {
+		pr_warn("%s: snapshot failed: %s\n", s->name, s->error);
+		trace_cblb_state(s->name, "active", "failed");
+	}
+}
+
+static bool valid_name(const char *name)
+{
+	size_t i, n = strlen(name);
+
+	if (!n || n > CBLB_NAME_MAX || !isalnum(name[0]))
+		return false;
+	for (i = 0; i < n; i++)
+		if (!isalnum(name[i]) && !strchr("._-", name[i]))
+			return false;
+	return true;
+}
+
+/* Caller holds cblb_registry_lock. */
+static struct cblb_snapshot *find(const char *name)
+{
+	int i;
+
+	for (i = 0; i < cblb_total; i++)
+		if (slots[i] && !strcmp(slots[i]->name, name))
+			return slots[i];
+	return NULL;
+}
+
+/* Is a block device of that name anywhere in the system? */
+static bool bdev_name_taken(const char *name)
+{
+	char *p = kasprintf(GFP_KERNEL, "/sys/class/block/%s", name);
+	struct path path;
+	bool taken = false;
+
+	if (!p)
+		return true;
+	if (!kern_path(p, 0, &path)) {
+		path_put(&path);
+		taken = true;
+	}
+	kfree(p);
+	return taken;
+}
+
+int cblb_cmd_create(const char *name, const char *origin)
+{
+	struct cblb_snapshot *s;
+	dev_t dev;
+	int i, slot = -1, err;
+
+	if (!valid_name(name)) {
+		pr_notice_ratelimited("create: invalid name '%s' (1-%d of A-Z a-z 0-9 . _ -)\n",
+				      name, CBLB_NAME_MAX);
+		return -EINVAL;
+	}
+	err = lookup_bdev(origin, &dev);
+	if (err) {
+		pr_notice_ratelimited("create %s: %s is not a block device (%d)\n", name, origin, err);
+		return err;
+	}
+	mutex_lock(&cblb_registry_lock);
+	if (find(name) || bdev_name_taken(name)) {
+		pr_notice_ratelimited("create %s: the name is taken\n", name);
+		err = -EEXIST;
+		goto out_unlock;
+	}
+	for (i = 0; i < cblb_total; i++) {
+		if (slots[i] && slots[i]->origin_dev == dev) {
+			pr_notice_ratelimited("create %s: %s already has snapshot %s\n", name, origin,
+					      slots[i]->name);
+			err = -EBUSY;
+			goto out_unlock;
+		}
+		if (!slots[i] && slot < 0)
+			slot = i;
+	}
+	if (slot < 0) {
+		pr_notice_ratelimited("create %s: all total=%d slots are used\n", name, cblb_total);
+		err = -ENOSPC;
+		goto out_unlock;
+	}
+
+	s = kzalloc(sizeof(*s), GFP_KERNEL);
+	if (!s) {
+		err = -ENOMEM;
+		goto out_unlock;
+	}
+	strscpy(s->name, name, sizeof(s->name));
+	s->slot = slot;
+	s->origin_dev = dev;
+	spin_lock_init(&s->state_lock);
+	s->state = CBLB_CREATED;
+	s->freeze = "";
+	s->origin_path = kstrdup(origin, GFP_KERNEL);
+	if (!s->origin_path) {
+		err = -ENOMEM;
+		goto fail_path;
+	}
+	err = cblb_bdev_open(dev, &s->origin);
+	if (err) {
+		pr_notice_ratelimited("create %s: cannot open %s (%d)\n", name, origin, err);
+		goto fail_open;
+	}
+	if (cblb_is_snapimage(s->origin.bdev->bd_disk)) {
+		pr_notice_ratelimited("create %s: %s is itself a snapshot\n", name, origin);
+		err = -EINVAL;
+		goto fail_origin;
+	}
+	s->origin_disk = s->origin.bdev->bd_disk;
+	s->origin_start = s->origin.bdev->bd_start_sect;
+	s->origin_sectors = bdev_nr_sectors(s->origin.bdev);
+	s->origin_lbs = bdev_logical_block_size(s->origin.bdev);
+	if (!s->origin_sectors || s->origin_lbs > CBLB_CHUNK_SIZE) {
+		pr_notice_ratelimited("create %s: %s is empty or has blocks over 4 KiB\n", name,
+				      origin);
+		err = -EINVAL;
+		goto fail_origin;
+	}
+	err = cblb_sysfs_add(s);
+	if (err)
+		goto fail_sysfs;	/* the kobject's release freed s */
+	slots[slot] = s;
+	mutex_unlock(&cblb_registry_lock);
+	trace_cblb_state(s->name, "none", "created");
+	return 0;
+
+fail_origin:
+	cblb_bdev_close(&s->origin);
+fail_open:
+	kfree(s->origin_path);
+fail_path:
+	kfree(s);
+fail_sysfs:
+out_unlock:
+	mutex_unlock(&cblb_registry_lock);
+	return err;
+}
+
+int cblb_cmd_start(const char *name, const char *catalog, u64 file_blocks, u32 max_files)
+{
+	struct cblb_snapshot *s;
+	ktime_t t0;
+	int err, ferr;
+
+	if (file_blocks < CBLB_MIN_FILE_BLOCKS || file_blocks > (u64)INT_MAX ||
+	    !max_files || max_files > CBLB_MAX_FILES) {
+		pr_notice_ratelimited("start %s: file size must be %d..%d blocks and max files 1..%d\n",
+				      name, CBLB_MIN_FILE_BLOCKS, INT_MAX, CBLB_MAX_FILES);
+		return -EINVAL;
+	}
+	mutex_lock(&cblb_registry_lock);
+	s = find(name);
+	if (!s) {
+		pr_notice_ratelimited("start %s: no such snapshot\n", name);
+		err = -ENOENT;
+		goto out_unlock;
+	}
+	if (s->state != CBLB_CREATED) {
+		pr_notice_ratelimited("start %s: already started\n", name);
+		err = -EALREADY;
+		goto out_unlock;
+	}
+	t0 = ktime_get();
+	err = cblb_store_init(s, catalog, file_blocks, max_files);
+	if (err) {
+		pr_notice_ratelimited("start %s: catalog %s unusable (%d)\n", name, catalog, err);
+		goto out_unlock;
+	}
+	err = cblb_cow_init(s);
+	if (err)
+		goto fail_cow;
+
+	/* The point in time: a mounted filesystem is frozen (journal clean) around it. */
+	ferr = cblb_freeze(s->origin.bdev);
+	if (ferr && ferr != -EBUSY) {
+		pr_notice_ratelimited("start %s: freezing %s failed (%d)\n", name, s->origin_path,
+				      ferr);
+		err = ferr;
+		goto fail_freeze;
+	}
+	s->freeze = ferr ? "already-frozen" : "frozen";
+	set_state(s, CBLB_ACTIVE);
+	cblb_tracker_add(s);
+	s->start_time_ns = ktime_get_real_ns();
+	if (!ferr)
+		cblb_thaw(s->origin.bdev);
+	s->start_latency_us = ktime_to_us(ktime_sub(ktime_get(), t0));
+
+	err = cblb_snapimage_create(s);
+	if (err) {
+		pr_notice_ratelimited("start %s: cannot add /dev/%s (%d)\n", name, name, err);
+		goto fail_disk;
+	}
+	if (s->store.max_files > 1)
+		queue_work(system_unbound_wq, &s->store.prepare_work);
+	mutex_unlock(&cblb_registry_lock);
+	return 0;
+
+fail_disk:
+	cblb_tracker_del(s);
+	s->start_time_ns = 0;
+	s->freeze = "";
+	set_state(s, CBLB_CREATED);
+fail_freeze:
+	cblb_cow_exit(s);
+	s->dying = false;
+fail_cow:
+	cblb_store_exit(&s->store);
+	memset(&s->store, 0, sizeof(s->store));
+out_unlock:
+	mutex_unlock(&cblb_registry_lock);
+	return err;
+}
+
+/* Tear a snapshot down. Caller holds cblb_registry_lock; the disk is not open. */
+static void destroy(struct cblb_snapshot *s)
+{
+	slots[s->slot] = NULL;
+	cblb_tracker_del(s);
+	WRITE_ONCE(s->dying, true);
+	cblb_cow_exit(s);
+	cblb_snapimage_destroy(s);
+	cblb_store_exit(&s->store);
+	cblb_bdev_close(&s->origin);
+	trace_cblb_state(s->name, cblb_state_name(s->state), "removed");
+	cblb_sysfs_del(s);	/* frees s once the last sysfs reader is gone */
+}
+
+int cblb_cmd_remove(const char *name)
+{
+	struct cblb_snapshot *s;
+	int err = 0;
+
+	mutex_lock(&cblb_registry_lock);
+	s = find(name);
+	if (!s) {
+		pr_notice_ratelimited("remove %s: no such snapshot\n", name);
+		err = -ENOENT;
+	} else if (s->disk && cblb_disk_open(s->disk)) {
+		pr_notice_ratelimited("remove %s: /dev/%s is open or mounted\n", name, name);
+		err = -EBUSY;
+	} else {
+		destroy(s);
+	}
+	mutex_unlock(&cblb_registry_lock);
+	return err;
+}
+
+bool cblb_snapshot_active(struct cblb_snapshot *s)
+{
+	return READ_ONCE(s->state) == CBLB_ACTIVE;
+}
+
+int cblb_debug_show(char *buf)
+{
+	int i, used = 0, len;
+
+	mutex_lock(&cblb_registry_lock);
+	for (i = 0; i < cblb_total; i++)
+		used += !!slots[i];
+	len = sysfs_emit(buf, "cblb %s total=%d used=%d\n", CBLB_VERSION, cblb_total, used);
+	for (i = 0; i < cblb_total && len < PAGE_SIZE - 200; i++) {
+		struct cblb_snapshot *s = slots[i];
+
+		if (!s)
+			continue;
+		len += sysfs_emit_at(buf, len, "%s %s origin=%s files=%u/%u cow_chunks=%lld\n",
+				     s->name, cblb_state_name(READ_ONCE(s->state)), s->origin_path,
+				     s->store.files ? cblb_store_files(&s->store) : 0,
+				     s->store.max_files,
+				     (long long)atomic64_read(&s->cow_chunks));
+	}
+	mutex_unlock(&cblb_registry_lock);
+	return len;
+}
+
+int cblb_registry_init(void)
+{
+	slots = kcalloc(cblb_total, sizeof(*slots), GFP_KERNEL);
+	return slots ? 0 : -ENOMEM;
+}
+
+/* Module exit: every snapshot goes. Open snapshot disks hold a module reference, so
+ * none is open here. */
+void cblb_registry_exit(void)
+{
+	int i;
+
+	mutex_lock(&cblb_registry_lock);
+	for (i = 0; i < cblb_total; i++)
+		if (slots[i])
+			destroy(slots[i]);
+	mutex_unlock(&cblb_registry_lock);
+	kfree(slots);
+}

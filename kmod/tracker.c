@@ -1,0 +1,178 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * The origin-write tracker: an ftrace hook on submit_bio_noacct().
+ *
+ * Every bio in the system enters submit_bio_noacct(). A ftrace_ops with IPMODIFY sits on
+ * its first instruction; for a bio that modifies a sector range of a tracked origin, the
+ * handler rewrites the return address so that cblb_origin_submit_bio() runs instead. That
+ * function either queues the bio for the COW worker or passes it on by calling
+ * submit_bio_noacct() itself; the handler recognises those calls by their return address
+ * inside this module and lets them through. The same holds for bios of disks of any kind
+ * (bio-based or blk-mq), on 6.1 and 6.12 alike, without touching the disk's operations.
+ *
+ * Lock story:
+ * - cblb_tracked (hash by gendisk) is RCU: the handler runs with preemption disabled
+ *   (an RCU read-side section), cblb_origin_submit_bio() takes rcu_read_lock();
+ *   writers hold cblb_registry_lock and call synchronize_rcu() after deleting.
+ * - cblb_redirected counts tasks that were sent to cblb_origin_submit_bio() and have not
+ *   left it; module exit waits for zero after unregistering the hook.
+ * Context: the handler is called from any context that submits bios (process, and
+ *   rarely softirq); it never sleeps. cblb_origin_submit_bio() runs in the submitter's
+ *   context, possibly inside another driver's submit_bio: it never waits for I/O.
+ */
+#define pr_fmt(fmt) "cblb: " fmt
+
+#include <linux/ftrace.h>
+#include <linux/hashtable.h>
+#include <linux/module.h>
+#include <linux/rculist.h>
+#include "cblb.h"
+
+static DEFINE_HASHTABLE(cblb_tracked, 8);
+static atomic_t cblb_nr_tracked = ATOMIC_INIT(0);
+static atomic_t cblb_redirected = ATOMIC_INIT(0);
+static DECLARE_WAIT_QUEUE_HEAD(cblb_redirect_wq);
+
+static bool bio_modifies(struct bio *bio)
+{
+	switch (bio_op(bio)) {
+	case REQ_OP_WRITE:
+	case REQ_OP_WRITE_ZEROES:
+	case REQ_OP_DISCARD:
+	case REQ_OP_SECURE_ERASE:
+		return bio->bi_iter.bi_size != 0;
+	default:
+		return false;
+	}
+}
+
+/*
+ * The snapshot whose origin the bio touches, and the touched range relative to the
+ * origin. Caller is in an RCU read-side section.
+ */
+static struct cblb_snapshot *tracker_find(struct bio *bio, sector_t *rel, sector_t *len)
+{
+	struct block_device *bdev = bio->bi_bdev;
+	struct gendisk *disk = bdev->bd_disk;
+	struct cblb_snapshot *s;
+	sector_t start = bio->bi_iter.bi_sector, end;
+
+	if (!bio_flagged(bio, BIO_REMAPPED))
+		start += bdev->bd_start_sect;
+	end = start + bio_sectors(bio);
+	hash_for_each_possible_rcu(cblb_tracked, s, hash_node, (unsigned long)disk) {
+		sector_t ostart = s->origin_start, oend = ostart + s->origin_sectors;
+
+		if (s->origin_disk != disk || end <= ostart || start >= oend)
+			continue;
+		*rel = max(start, ostart) - ostart;
+		*len = min(end, oend) - max(start, ostart);
+		return s;
+	}
+	return NULL;
+}
+
+/*
+ * Pass a bio on to the block layer. Never a tail call: the hook tells these calls
+ * from all others by their return address, which must lie inside this module.
+ */
+noinline void cblb_pass_bio(struct bio *bio)
+{
+	submit_bio_noacct(bio);
+	barrier();
+}
+
+static void notrace cblb_origin_submit_bio(struct bio *bio)
+{
+	struct cblb_snapshot *s;
+	sector_t rel, len;
+	bool taken = false;
+
+	rcu_read_lock();
+	s = tracker_find(bio, &rel, &len);
+	if (s)
+		taken = cblb_cow_intercept(s, bio, rel, len);
+	rcu_read_unlock();
+	if (!taken)
+		cblb_pass_bio(bio);
+	if (atomic_dec_and_test(&cblb_redirected))
+		wake_up_all(&cblb_redirect_wq);
+}
+
+static void notrace cblb_ftrace_handler(unsigned long ip, unsigned long parent_ip,
+					struct ftrace_ops *ops, struct ftrace_regs *fregs)
+{
+	struct pt_regs *regs;
+	struct bio *bio;
+	sector_t rel, len;
+
+	if (!atomic_read(&cblb_nr_tracked))
+		return;
+	if (within_module(parent_ip, THIS_MODULE))
+		return;
+	regs = ftrace_get_regs(fregs);
+	if (!regs)
+		return;
+	bio = (struct bio *)regs_get_kernel_argument(regs, 0);
+	if (!bio || !bio_modifies(bio) || bio->bi_end_io == cblb_cow_endio)
+		return;
+	if (!tracker_find(bio, &rel, &len))
+		return;
+	atomic_inc(&cblb_redirected);
+	instruction_pointer_set(regs, (unsigned long)cblb_origin_submit_bio);
+}
+
+static struct ftrace_ops cblb_ftrace_ops = {
+	.func = cblb_ftrace_handler,
+	.flags = FTRACE_OPS_FL_SAVE_REGS | FTRACE_OPS_FL_IPMODIFY,
+};
+
+/* Caller holds cblb_registry_lock. */
+void cblb_tracker_add(struct cblb_snapshot *s)
+{
+	hash_add_rcu(cblb_tracked, &s->hash_node, (unsigned long)s->origin_disk);
+	s->tracked = true;
+	atomic_inc(&cblb_nr_tracked);
+}
+
+/* Caller holds cblb_registry_lock. On return no new bio can reach the snapshot. */
+void cblb_tracker_del(struct cblb_snapshot *s)
+{
+	if (!s->tracked)
+		return;
+	hash_del_rcu(&s->hash_node);
+	s->tracked = false;
+	atomic_dec(&cblb_nr_tracked);
+	synchronize_rcu();
+}
+
+int cblb_tracker_init(void)
+{
+	static unsigned char func[] = "submit_bio_noacct";
+	int err;
+
+	err = ftrace_set_filter(&cblb_ftrace_ops, func, sizeof(func) - 1, 0);
+	if (err) {
+		pr_err("cannot hook submit_bio_noacct (ftrace filter: %d); is CONFIG_DYNAMIC_FTRACE set?\n",
+		       err);
+		return err;
+	}
+	err = register_ftrace_function(&cblb_ftrace_ops);
+	if (err) {
+		pr_err("cannot hook submit_bio_noacct (register: %d); another module may hook it\n",
+		       err);
+		goto fail_register;
+	}
+	return 0;
+
+fail_register:
+	ftrace_free_filter(&cblb_ftrace_ops);
+	return err;
+}
+
+void cblb_tracker_exit(void)
+{
+	unregister_ftrace_function(&cblb_ftrace_ops);
+	ftrace_free_filter(&cblb_ftrace_ops);
+	wait_event(cblb_redirect_wq, atomic_read(&cblb_redirected) == 0);
+}

@@ -1,0 +1,98 @@
+"""The browser control page for cblb: Flask rendered on the server, htmx in the browser.
+
+``create_app(test_config=None)`` builds the application. Blueprints, one per concern:
+
+- ``auth``      access token, login form, CSRF and Host checks (web/auth.py)
+- ``devices``   the page, the live devices table, /api/status and the SSE stream
+- ``lifecycle`` load / create / start / mount / unmount / remove, each a POST
+- ``charts``    origin throughput and latency, temp-file growth, as inline SVG partials
+- ``metrics``   /metrics in the Prometheus text format
+
+Everything that touches the kernel goes through ``app.config["CBLB_CONTROLLER"]`` (default
+:class:`cblb.control.Controller`), so tests inject a stand-in with the same methods.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from flask import Flask
+from flask_htmx import HTMX
+
+from cblb.output import human_bytes
+
+from .history import History
+from .sampler import DiskstatsSampler
+
+htmx = HTMX()
+
+
+def create_app(test_config: dict[str, Any] | None = None) -> Flask:
+    app = Flask(__name__)
+    app.config.from_mapping(
+        SECRET_KEY=secrets.token_bytes(32),      # sessions (CSRF) last as long as the server
+        SESSION_COOKIE_SAMESITE="Strict",
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_NAME="cblb_session",
+        MAX_CONTENT_LENGTH=64 * 1024,
+        CBLB_CONTROLLER=None,          # default: cblb.control.Controller()
+        CBLB_SAMPLER=None,             # callable -> [sample, ...]; default: /proc/diskstats
+        CBLB_REQUIRE_TOKEN=False,      # True when bound to a non-loopback address
+        CBLB_TOKEN="",
+        CBLB_ALLOWED_HOSTS=(),         # extra Host names accepted in loopback mode
+        CBLB_HISTORY_INTERVAL=2.0,     # seconds between samples for the charts
+        CBLB_HISTORY_POINTS=900,       # samples kept per series (30 min at 2 s)
+        CBLB_SSE_INTERVAL=2.0,         # seconds between live updates
+        CBLB_SSE_MAX_ROUNDS=0,         # 0: stream until the browser goes away (tests: 1)
+        CBLB_DEFAULT_CATALOG="/var/tmp",
+        CBLB_DEFAULT_FILE_MIB=64,
+        CBLB_DEFAULT_MAX_FILES=64,
+        CBLB_DEFAULT_TOTAL=4,
+        CBLB_MOUNT_ROOTS=("/mnt", "/media", "/run/cblb"),
+        CBLB_START_WORKER=None,        # None: start the history thread unless TESTING
+    )
+    if test_config:
+        app.config.update(test_config)
+    if app.config["CBLB_REQUIRE_TOKEN"] and len(app.config["CBLB_TOKEN"] or "") < 16:
+        raise ValueError("CBLB_REQUIRE_TOKEN is set but no access token (CBLB_TOKEN) was given")
+
+    if app.config["CBLB_CONTROLLER"] is None:
+        from cblb.control import Controller
+
+        app.config["CBLB_CONTROLLER"] = Controller()
+    ctl = app.config["CBLB_CONTROLLER"]
+
+    history = History(ctl, None, app.config["CBLB_HISTORY_INTERVAL"],
+                      app.config["CBLB_HISTORY_POINTS"])
+    sampler = app.config["CBLB_SAMPLER"]
+    if sampler is None:
+        sampler = DiskstatsSampler(lambda: list(history.origin_devs))
+    history.sampler = sampler
+    app.extensions["cblb_history"] = history
+
+    htmx.init_app(app)
+    app.jinja_env.filters["bytes"] = human_bytes
+    app.jinja_env.globals["csrf_token"] = _csrf_token
+
+    from . import auth
+    from .views import charts, devices, lifecycle, metrics
+
+    app.register_blueprint(auth.bp)
+    app.register_blueprint(devices.bp)
+    app.register_blueprint(lifecycle.bp)
+    app.register_blueprint(charts.bp)
+    app.register_blueprint(metrics.bp)
+
+    start = app.config["CBLB_START_WORKER"]
+    if start is None:
+        start = not app.testing
+    if start:
+        history.start()
+    return app
+
+
+def _csrf_token() -> str:
+    from .auth import csrf_token
+
+    return csrf_token()

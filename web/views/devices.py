@@ -1,0 +1,94 @@
+"""The page itself, the live devices table, /api/status and the server-sent event stream."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Iterator
+
+from flask import (Blueprint, Response, current_app, redirect, render_template, request,
+                   stream_with_context, url_for)
+
+from . import Problem, history, module_status, signature
+
+bp = Blueprint("devices", __name__)
+
+
+def devices_context() -> dict[str, Any]:
+    st, err = module_status()
+    return {"st": st, "read_error": err, "now": time.time()}
+
+
+def page_context(problem: Problem | None = None, confirm: str = "") -> dict[str, Any]:
+    from .charts import growth_context, io_context
+    from .lifecycle import panel_context
+
+    ctx = panel_context(problem, confirm)
+    ctx.update(devices_context())
+    ctx.update(io_context())
+    ctx.update(growth_context())
+    return ctx
+
+
+@bp.get("/")
+def index() -> str:
+    return render_template("index.html", **page_context())
+
+
+@bp.get("/devices")
+def table() -> Any:
+    if not request.headers.get("HX-Request"):
+        return redirect(url_for("devices.index"))
+    return render_template("partials/devices.html", **devices_context())
+
+
+@bp.get("/api/status")
+def api_status() -> Response:
+    st, err = module_status()
+    body = st.to_json()
+    body["error"] = err
+    body["io"] = history().latest_io()
+    return current_app.response_class(json.dumps(body, indent=1, sort_keys=True) + "\n",
+                                      mimetype="application/json")
+
+
+def _event(name: str, html: str) -> str:
+    data = "\n".join("data: " + line for line in html.splitlines() or [""])
+    return f"event: {name}\n{data}\n\n"
+
+
+@bp.get("/events")
+def events() -> Response:
+    """Server-sent events: the devices table and the charts every few seconds, and the
+    lifecycle panel whenever a snapshot changes state (its markup depends only on state)."""
+    from .charts import growth_context, io_context
+    from .lifecycle import panel_context
+
+    cfg = current_app.config
+    interval = float(cfg["CBLB_SSE_INTERVAL"])
+    rounds = int(cfg["CBLB_SSE_MAX_ROUNDS"])
+
+    def stream() -> Iterator[str]:
+        last_sig = None
+        n = 0
+        yield "retry: 3000\n\n"
+        while True:
+            dctx = devices_context()
+            sig = signature(dctx["st"])
+            yield _event("devices", render_template("partials/devices.html", **dctx))
+            yield _event("charts-io", render_template("partials/charts_io.html", **io_context()))
+            yield _event("charts-growth", render_template("partials/charts_growth.html",
+                                                          **growth_context()))
+            if last_sig is not None and sig != last_sig:
+                yield _event("lifecycle", render_template("partials/lifecycle.html",
+                                                          **panel_context()))
+            last_sig = sig
+            n += 1
+            if rounds and n >= rounds:
+                return
+            time.sleep(interval)
+
+    resp = Response(stream_with_context(stream()), mimetype="text/event-stream")
+    resp.headers["Cache-Control"] = "no-store"
+    resp.headers["X-Accel-Buffering"] = "no"
+    return resp
