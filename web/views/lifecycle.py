@@ -98,7 +98,14 @@ def defaults() -> dict[str, Any]:
 def panel_context(problem: Problem | None = None, confirm: str = "") -> dict[str, Any]:
     st, read_error = module_status()
     names = {s.name for s in st.snapshots}
-    return {"st": st, "read_error": read_error, "problem": problem, "form": request.form,
+    orphan = False
+    if problem is not None:
+        key, _, name = problem.key.partition(":")
+        # An error is shown beside its form; one whose form is not on the page goes on top.
+        orphan = (name and name not in names) or (key in ("create", "unload") and not st.loaded) \
+            or (key == "load" and st.loaded)
+    return {"st": st, "read_error": read_error, "problem": problem, "problem_orphan": orphan,
+            "form": request.form,
             "confirm": confirm, "defaults": defaults(), "messages": get_flashed_messages(),
             "partitions": [p for p in partitions() if p.rsplit("/", 1)[-1] not in names]}
 
@@ -110,8 +117,9 @@ def respond(problem: Problem | None = None, message: str = "", confirm: str = ""
             flash(message)
         from .devices import devices_context
 
-        return render_template("partials/lifecycle_response.html", **panel_context(problem, confirm),
-                               **devices_context()), status
+        ctx = panel_context(problem, confirm)
+        ctx.update(devices_context())
+        return render_template("partials/lifecycle_response.html", **ctx), status
     if problem is None and not confirm:
         if message:
             flash(message)
@@ -249,6 +257,3 @@ def remove(name: str) -> Any:
         return f"{name}: removed, temp files deleted"
     return act(f"remove:{name}", run)
 
-
-def cost_text(file_bytes: int, files: int) -> str:
-    return f"{files} × {human_bytes(file_bytes)} = {human_bytes(file_bytes * files)}"
