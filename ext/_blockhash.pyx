@@ -254,22 +254,56 @@ cdef int _check_span(Py_ssize_t length, Py_ssize_t read_len, Py_ssize_t block_si
     _check_shape(block_size, digest_size)
     if length < 0 or read_len < length:
         raise ValueError(f"need 0 <= length <= read_len, got {length} and {read_len}")
-    if read_len > buf_len:
-        raise ValueError(f"read_len {read_len} exceeds the buffer ({buf_len} bytes)")
+    if buf_len < read_len and (buf_len == 0 or buf_len % block_size):
+        raise ValueError(f"a buffer of {buf_len} bytes, smaller than read_len {read_len}, "
+                         f"must hold whole blocks of {block_size}")
     if out_len < _n_blocks(length, block_size) * digest_size:
         raise ValueError(f"out holds {out_len} bytes; {_n_blocks(length, block_size)} "
                          f"digests of {digest_size} need more")
     return 0
 
 
-@cython.boundscheck(False)  # b[0] exists: read_len > 0 and read_len <= len(b) (_check_span)
+@cython.boundscheck(False)  # pieces start at done = k*len(buf), a whole number of blocks
+                            # (_check_span), so out[(done // bs) * ds] is within out
+@cython.wraparound(False)   # every index is non-negative
+cdef Py_ssize_t _span(int fd, int dst_fd, off_t offset, Py_ssize_t length,
+                      Py_ssize_t read_len, Py_ssize_t bs, int ds,
+                      unsigned char[::1] buf, unsigned char[::1] out,
+                      int* failed_write) noexcept nogil:
+    """Read [offset, offset+read_len) piece by piece through buf, hash the first length
+    bytes, and pwrite them to dst_fd unless it is -1. Bytes hashed, or -errno."""
+    cdef Py_ssize_t done = 0, want, got, use, w
+    cdef Py_ssize_t piece = buf.shape[0]
+    while done < length:
+        want = read_len - done
+        if want > piece:
+            want = piece
+        got = _pread_full(fd, &buf[0], want, offset + done)
+        if got < 0:
+            return got
+        use = got if got < length - done else length - done
+        if use > 0:
+            _hash_blocks(buf, use, bs, ds, out[(done // bs) * ds:])
+            if dst_fd >= 0:
+                w = _pwrite_full(dst_fd, &buf[0], use, offset + done)
+                if w < 0:
+                    failed_write[0] = 1
+                    return w
+        done += use
+        if got < want:
+            break  # end of file
+    return done
+
+
 def read_hash(int fd, long long offset, Py_ssize_t length, Py_ssize_t read_len,
               Py_ssize_t block_size, int digest_size, buf, out):
-    """pread ``read_len`` bytes at ``offset`` into ``buf`` and hash the first ``length``
+    """pread ``read_len`` bytes at ``offset`` through ``buf`` and hash the first ``length``
     of them into ``out``, one digest per block; all without the GIL.
 
     ``read_len`` >= ``length`` lets O_DIRECT callers round the request up to the device's
-    alignment (``buf`` must then be aligned too: an anonymous mmap is). Returns the number
+    alignment (``buf`` must then be aligned too: an anonymous mmap is). A ``buf`` smaller
+    than ``read_len`` is refilled piece by piece (it must then hold whole blocks), which
+    keeps a page-cached copy hot in the CPU cache while it is hashed. Returns the number
     of bytes hashed: less than ``length`` only at end of file, and then the last block is
     the partial one. Raises OSError with the errno of a failed pread.
     """
@@ -277,42 +311,37 @@ def read_hash(int fd, long long offset, Py_ssize_t length, Py_ssize_t read_len,
     cdef unsigned char[::1] o = out
     _check_span(length, read_len, block_size, digest_size, b.shape[0], o.shape[0])
     cdef Py_ssize_t got = 0
-    if read_len == 0:
+    cdef int failed_write = 0
+    if length == 0:
         return 0
     with nogil:
-        got = _pread_full(fd, &b[0], read_len, <off_t>offset)
-        if got > length:
-            got = length
-        if got > 0:
-            _hash_blocks(b, got, block_size, digest_size, o)
+        got = _span(fd, -1, <off_t>offset, length, read_len, block_size, digest_size, b, o,
+                    &failed_write)
     if got < 0:
         raise OSError(-got, __import__("os").strerror(-got))
     return got
 
 
-@cython.boundscheck(False)  # b[0] exists: read_len > 0 and read_len <= len(b) (_check_span)
 def copy_hash(int src_fd, int dst_fd, long long offset, Py_ssize_t length,
               Py_ssize_t read_len, Py_ssize_t block_size, int digest_size, buf, out):
-    """Like read_hash, then pwrite the ``length`` bytes hashed to ``dst_fd`` at the same
+    """Like read_hash, and pwrite the ``length`` bytes hashed to ``dst_fd`` at the same
     offset. Returns the bytes copied (less than ``length`` only at end of the source).
     OSError carries the errno; its filename attribute is "read" or "write"."""
     cdef unsigned char[::1] b = buf
     cdef unsigned char[::1] o = out
     _check_span(length, read_len, block_size, digest_size, b.shape[0], o.shape[0])
-    cdef Py_ssize_t got = 0, w = 0
-    if read_len == 0:
+    if dst_fd < 0:
+        raise ValueError("dst_fd must be an open file descriptor")
+    cdef Py_ssize_t got = 0
+    cdef int failed_write = 0
+    if length == 0:
         return 0
     with nogil:
-        got = _pread_full(src_fd, &b[0], read_len, <off_t>offset)
-        if got > length:
-            got = length
-        if got > 0:
-            _hash_blocks(b, got, block_size, digest_size, o)
-            w = _pwrite_full(dst_fd, &b[0], got, <off_t>offset)
+        got = _span(src_fd, dst_fd, <off_t>offset, length, read_len, block_size, digest_size,
+                    b, o, &failed_write)
     if got < 0:
-        raise OSError(-got, __import__("os").strerror(-got), "read")
-    if w < 0:
-        raise OSError(-w, __import__("os").strerror(-w), "write")
+        raise OSError(-got, __import__("os").strerror(-got),
+                      "write" if failed_write else "read")
     return got
 
 
