@@ -366,6 +366,34 @@ class Engine:
                 progress(ln)
             yield b, d
 
+    def copy_span(self, src: Source, dst_fd: int, dst_path: str, offset: int,
+                  length: int) -> bytearray:
+        """Read a span of ``src``, hash it and pwrite it to ``dst_fd`` at the same offset."""
+        out = bytearray(self.blocks_of(length) * self.digest_size)
+        read_len = _round_up(length, DIRECT_ALIGN) if src.direct else length
+        try:
+            got = _ext.copy_hash(src.fd, dst_fd, offset, length, read_len, self.block_size,
+                                 self.digest_size, self._buffer(src.direct), out)
+        except OSError as e:
+            if e.filename == "write":
+                hint = " (the target is full)" if e.errno in (E.ENOSPC, E.EDQUOT) else ""
+                raise CblbError(f"cannot write {dst_path} at byte {offset}: {e.strerror}{hint}",
+                                e.errno or E.EIO) from None
+            raise read_error(src.path, offset, e) from None
+        if got < length:
+            raise short_read_error(src.path, offset + got, src.size)
+        return out
+
+    def copy(self, src: Source, dst_fd: int, dst_path: str, first_block: int = 0
+             ) -> Iterator[tuple[int, int, bytearray]]:
+        """Copy ``src`` to ``dst_fd`` from ``first_block`` on, span by span on the pool;
+        yield (first block, bytes, digests) in order."""
+        spans = list(self.spans(src.size, first_block))
+        results = self.ordered(self.copy_span,
+                               ((src, dst_fd, dst_path, off, ln) for _b, off, ln in spans))
+        for (b, _off, ln), d in zip(spans, results):
+            yield b, ln, d
+
     def hash_source(self, src: Source) -> bytes:
         """All digests of a source in one bytes object (small sources, tests)."""
         return b"".join(d for _b, d in self.digests(src))
