@@ -246,3 +246,60 @@ def analyse(results: dict[str, Any]) -> dict[str, Any]:
     results["targets"] = targets(runs, results["ratios"])
     results["recommendation"] = recommend(runs, results["ratios"])
     return results
+
+
+def check_consistency(results: dict[str, Any], rel: float = 1e-9) -> list[str]:
+    """Problems found re-deriving every summary, ratio and target from the raw runs
+    (empty when results.json is internally consistent). Used by the tests."""
+    problems: list[str] = []
+    runs = results.get("runs", [])
+    for key in ("schema", "meta", "config", "runs", "summaries", "ratios", "targets",
+                "recommendation"):
+        if key not in results:
+            problems.append(f"missing top-level key {key}")
+    meta = results.get("meta", {})
+    for key in ("command_line", "kernel", "machine", "mode", "started"):
+        if not meta.get(key):
+            problems.append(f"meta.{key} is empty")
+
+    def close(a: float, b: float) -> bool:
+        return abs(a - b) <= rel * max(1.0, abs(a), abs(b))
+
+    for r in runs:
+        for k in ("experiment", "target", "rep", "metrics", "warmup"):
+            if k not in r:
+                problems.append(f"run without {k}: {r}")
+    for s in results.get("summaries", []):
+        v = values(runs, s["select"], s["metric"])
+        st = stats(v)
+        if st["n"] != s["n"] or (v and not (close(st["median"], s["median"]) and
+                                            close(st["min"], s["min"]) and
+                                            close(st["max"], s["max"]))):
+            problems.append(f"summary {s['select']} {s['metric']} does not match its runs")
+    for r in results.get("ratios", []):
+        nv = values(runs, r["num"], r["metric"])
+        dvals = values(runs, r["den"], r["den_metric"])
+        if not nv or not dvals:
+            problems.append(f"ratio {r['name']}: no runs behind it")
+            continue
+        n, d = statistics.median(nv), statistics.median(dvals)
+        if not (close(n, r["num_median"]) and close(d, r["den_median"])):
+            problems.append(f"ratio {r['name']}: medians differ from the runs")
+        if not close(r["value"], r["num_median"] / r["den_median"]):
+            problems.append(f"ratio {r['name']}: value != num_median / den_median")
+        if r["lo"] is not None and r["hi"] is not None and not (
+                r["lo"] - 1e-12 <= r["value"] <= r["hi"] + 1e-12):
+            problems.append(f"ratio {r['name']}: value outside its spread")
+    R = by_name(results.get("ratios", []))
+    for t in results.get("targets", []):
+        src = t.get("source", "")
+        if t["value"] is not None and src in R:
+            want = R[src]["value"]
+            if t["unit"] == "frac":
+                want = 1 - want
+            if not close(want, t["value"]):
+                problems.append(f"target {t['name']} differs from ratio {src}")
+        if t["value"] is not None and t["met"] is not (
+                t["value"] >= t["threshold"] if t["op"] == ">=" else t["value"] <= t["threshold"]):
+            problems.append(f"target {t['name']}: 'met' is wrong")
+    return problems

@@ -82,7 +82,7 @@ def fig_compare(results: dict[str, Any], out: Path, metric: str, name: str, titl
     ax.set_xticklabels([f"{wl}\n{ph}" for wl, ph in groups])
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper right")
     return _save(fig, out, name, results)
 
 
@@ -133,7 +133,7 @@ def fig_start(results: dict[str, Any], out: Path) -> str | None:
     ax.set_xlabel("temp-file size (MiB, log scale)")
     ax.set_ylabel("start latency (ms)")
     ax.set_title("`start` latency (sysfs start_latency_us) vs temp-file size")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper right")
     return _save(fig, out, "start_latency.png", results)
 
 
@@ -151,7 +151,7 @@ def fig_growth(results: dict[str, Any], out: Path) -> str | None:
     ax.set_xlabel("COW data copied (MiB)")
     ax.set_ylabel("temp files in use")
     ax.set_title("Temp-file count as copy-on-write data grows (first-touch 4 KiB random)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper right")
     return _save(fig, out, "file_growth.png", results)
 
 
@@ -171,7 +171,8 @@ def fig_latlog(results: dict[str, Any], out: Path) -> str | None:
         ax.set_title(f"rand4k {ph} pass: mean latency per 100 ms")
         ax.set_xlabel("seconds")
         ax.set_yscale("log")
-        ax.legend(fontsize=7)
+        if ax.get_lines():
+            ax.legend(fontsize=7, loc="upper right")
     axes[0].set_ylabel("latency (us, log)")
     if not any_:
         plt.close(fig)

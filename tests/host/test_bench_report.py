@@ -1,0 +1,185 @@
+"""Host tests of the benchmark's analysis and report: synthetic results, no kernel."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from cblb.bench import analysis as an
+from cblb.bench import report
+from cblb.bench.workloads import WORKLOADS, parse_fio_json
+from cblb.cli import build_parser, main
+
+BASE = {"seq1m": 400e6, "rand4k": 8e6, "db": 6e6}
+FACTOR = {"none": (1.0, 1.0), "cblb": (0.6, 0.97), "dm4k": (0.15, 0.9), "dm64k": (0.2, 0.85)}
+
+
+def synthetic(reps: int = 3, seed: int = 1) -> dict:
+    rnd = random.Random(seed)
+    runs = []
+
+    def add(metrics, **kw):
+        run = {"experiment": "", "target": "", "workload": "", "phase": "", "rep": 0,
+               "warmup": False, "info": {}, **kw,
+               "metrics": {k: float(v) for k, v in metrics.items()}}
+        runs.append(run)
+
+    for rep in range(-1, reps):
+        for t, (ff, fr) in FACTOR.items():
+            for wl in WORKLOADS:
+                for ph, f in (("first", ff), ("rewrite", fr)):
+                    bw = BASE[wl] * f * rnd.uniform(0.95, 1.05)
+                    m = {"write_bw": bw, "write_iops": bw / WORKLOADS[wl].bs,
+                         "write_p50_us": 100 / f, "write_p99_us": 400 / f * rnd.uniform(0.9, 1.1),
+                         "write_bytes": 8 << 20, "read_bw": bw * 2 if wl == "db" else 0.0}
+                    if t != "none":
+                        m["cow_per_byte"] = 1.0 if ph == "first" else 0.0
+                        if t == "cblb" and ph == "first":
+                            m["index_per_chunk"] = 4.5
+                            m["slab_per_chunk"] = 5.0
+                            m["start_latency_us"] = 900
+                    add(m, experiment="compare", target=t, workload=wl, phase=ph, rep=rep,
+                        warmup=rep < 0)
+    for rep in range(reps):
+        for t in ("cblb", "dm4k"):
+            for frac in (0.1, 0.5):
+                add({"read_bw": 100e6}, experiment="snapread", target=t, workload="seqread",
+                    phase="origin", rep=rep, frac=frac)
+                add({"read_bw": 100e6 * (1 - frac / 2) * rnd.uniform(0.97, 1.03)},
+                    experiment="snapread", target=t, workload="seqread", phase="snapshot",
+                    rep=rep, frac=frac)
+        for total in (1, 16, 255):
+            for variant in ("one", "several"):
+                if total == 1 and variant == "several":
+                    continue
+                add({"write_bw": 5e6 * rnd.uniform(0.98, 1.02)}, experiment="totals",
+                    target="cblb", workload="rand4k", phase="first", rep=rep, total=total,
+                    variant=variant)
+        for variant in ("loaded", "unloaded"):
+            add({"write_bw": 8e6 * rnd.uniform(0.99, 1.01)}, experiment="tracer",
+                target=variant, workload="rand4k", phase="rewrite", rep=rep, variant=variant)
+        for fs in (2048, 16384, 409600):
+            add({"write_bw": 5e6 * (0.9 if fs == 2048 else 1.0), "start_latency_us": 2000 + fs / 10,
+                 "files_used": max(1, 8 * 2048 // fs), "failed": 0.0},
+                experiment="filesize", target="cblb", workload="rand4k", phase="first", rep=rep,
+                file_size=fs, max_files=20,
+                info={"growth": [[0.0, 1, 0], [1.0, 2, 4 << 20], [2.0, 3, 8 << 20]]})
+    add({"hash_bw": 50e6, "read_bw": 100e6, "bytes": 8 << 20}, experiment="verify",
+        target="cblb", workload="hash", phase="snapshot", info={"engine": "reference: test"})
+    return {"schema": 1, "meta": {
+        "command_line": "cblb bench --quick", "mode": "quick", "started": "2026-01-01T00:00:00",
+        "kernel": {"release": "6.12.0-test", "version": "#1", "cmdline": "console=ttyS0",
+                   "note": ""},
+        "machine": {"cpu": "QEMU TCG CPU version 2.5+", "cpus": 2, "emulated": True},
+        "storage": "RAM", "notes": [], "fio_version": "fio-3.33", "cblb_version": "0"},
+        "config": {"reps": reps}, "runs": runs}
+
+
+def test_ratio_math_is_median_over_median():
+    runs = [{"experiment": "x", "target": "a", "rep": i, "warmup": False,
+             "metrics": {"m": v}} for i, v in enumerate((1.0, 3.0, 2.0))]
+    runs += [{"experiment": "x", "target": "b", "rep": i, "warmup": False,
+              "metrics": {"m": v}} for i, v in enumerate((4.0, 5.0, 6.0))]
+    runs.append({"experiment": "x", "target": "a", "rep": -1, "warmup": True,
+                 "metrics": {"m": 1000.0}})
+    r = an.ratio(runs, "t", "m", {"target": "a"}, {"target": "b"})
+    assert r["num_median"] == 2.0 and r["den_median"] == 5.0
+    assert r["value"] == pytest.approx(0.4)
+    assert r["lo"] == pytest.approx(1 / 6) and r["hi"] == pytest.approx(3 / 4)
+    assert r["num_n"] == 3  # the warm-up run is left out
+
+
+def test_stats_min_median_max():
+    s = an.stats([3.0, 1.0, 2.0, 10.0])
+    assert (s["min"], s["median"], s["max"], s["n"]) == (1.0, 2.5, 10.0, 4)
+    assert an.stats([])["median"] is None
+
+
+def test_analysis_is_internally_consistent():
+    res = an.analyse(synthetic())
+    assert an.check_consistency(res) == []
+    R = an.by_name(res["ratios"])
+    r = R["compare/rand4k/first/cblb/write_bw"]
+    assert r["value"] == pytest.approx(0.6, rel=0.1)
+    assert R["compare/rand4k/first/cblb_vs_dm4k/write_bw"]["value"] == pytest.approx(4, rel=0.15)
+    assert R["snapread/cblb/0.5"]["value"] == pytest.approx(0.75, rel=0.05)
+    names = {t["name"] for t in res["targets"]}
+    assert {"rewrite_rand4k", "first_rand4k_iops", "first_rand4k_vs_dm", "start_ms",
+            "index_bytes", "tracer_cost", "total_max", "snapread_0.1"} <= names
+
+
+def test_consistency_check_catches_a_tampered_ratio():
+    res = an.analyse(synthetic())
+    res["ratios"][0]["value"] *= 1.5
+    assert any("value" in p for p in an.check_consistency(res))
+    res = an.analyse(synthetic())
+    next(r for r in res["runs"] if not r["warmup"])["metrics"]["write_bw"] *= 7
+    assert an.check_consistency(res)
+
+
+def test_recommendation_picks_smallest_size_within_3_percent():
+    res = an.analyse(synthetic())
+    rec = res["recommendation"]
+    assert rec["file_size"] == 16384  # 2048 is 10% slower
+    assert any("16384 blocks" in t for t in rec["text"])
+    assert any("total=255" in t for t in rec["text"])
+
+
+def test_render_writes_report_json_and_figures(tmp_path: Path):
+    res = synthetic()
+    p = report.render(res, tmp_path)
+    html = p.read_text()
+    assert p.name == "report.html"
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert an.check_consistency(data) == []
+    for png in ("write_throughput.png", "latency_p50.png", "latency_p99.png",
+                "snapshot_reads.png", "start_latency.png", "cow_per_byte.png",
+                "file_growth.png", "index_memory.png", "totals.png", "tracer_catalog.png"):
+        assert (tmp_path / png).stat().st_size > 1000, png
+        assert f"src='{png}'" in html
+    assert "QEMU TCG" in html and "6.12.0-test" in html and "cblb bench --quick" in html
+    assert "Read ratios, not absolute numbers" in html
+    assert "choose a temp-file size" in html
+    assert html.count("figcaption") >= 10  # kernel, CPU, command beside every figure
+
+
+def test_render_with_missing_experiments(tmp_path: Path):
+    res = synthetic()
+    res["runs"] = [r for r in res["runs"] if r["experiment"] == "compare"]
+    p = report.render(res, tmp_path)
+    assert "not measured in this run" in p.read_text()
+    assert an.check_consistency(json.loads((tmp_path / "results.json").read_text())) == []
+
+
+FIO_JSON = """fio: some warning
+{"fio version": "fio-3.33", "jobs": [{"jobname": "rand4k", "error": 0,
+ "read": {"io_bytes": 0, "bw_bytes": 0, "iops": 0, "runtime": 0, "clat_ns": {}},
+ "write": {"io_bytes": 8388608, "bw_bytes": 4194304, "iops": 1024.0, "runtime": 2000,
+   "clat_ns": {"mean": 900000.0, "percentile": {"50.000000": 700000, "99.000000": 4000000}}}}]}
+"""
+
+
+def test_parse_fio_json():
+    r = parse_fio_json(FIO_JSON)
+    assert r.write_bytes == 8 << 20 and r.write_bw == 4194304 and r.write_iops == 1024
+    assert r.write_p50_us == 700 and r.write_p99_us == 4000 and r.runtime_s == 2.0
+    assert r.write_mean_us == 900
+
+
+def test_workload_args_repeat_the_same_blocks():
+    a = WORKLOADS["rand4k"].args("/dev/x", 8 << 20, io_size=4096 * 10, runtime=5)
+    assert "--randrepeat=1" in a and "--randseed=7" in a and "--direct=1" in a
+    assert "--io_size=40960" in a and "--runtime=5" in a and "--rw=randwrite" in a
+
+
+def test_cli_registers_bench_and_report_only(tmp_path: Path, capsys):
+    args = build_parser().parse_args(["bench", "--quick", "--out", "x"])
+    assert args.quick and args.out == "x"
+    report.render(synthetic(), tmp_path)
+    (tmp_path / "report.html").unlink()
+    assert main(["bench", "--report-only", str(tmp_path)]) == 0
+    assert (tmp_path / "report.html").exists()
+    assert main(["bench", "--report-only", str(tmp_path / "nope")]) == 1
