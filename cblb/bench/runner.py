@@ -586,9 +586,15 @@ class Runner:
                 prog.line(i, st)
                 try:
                     st.fn()
-                except CblbError as e:
-                    self.note(f"step '{st.label}' failed: {e}")
-                    self.cleanup_snapshots()
+                except (CblbError, OSError, subprocess.SubprocessError, ValueError,
+                        KeyError, AssertionError) as e:
+                    self.note(f"step '{st.label}' failed: {type(e).__name__}: {e}")
+                    try:
+                        self.cleanup_snapshots()
+                        if not self.ctl.loaded():
+                            self.ctl.load(4)
+                    except CblbError:
+                        pass
                 prog.done_w += st.weight
                 self.save_partial()
         finally:
