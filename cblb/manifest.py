@@ -22,7 +22,8 @@ File format, version 1 (all integers little-endian, unsigned)::
         48     8  checksum: XXH3-64 (seed 0) of the 128 header bytes with this field set
                   to zero, followed by the whole body; stored as an integer
         56     8  reserved: 0
-        64    64  source label (the path it was made from), UTF-8, padded with NUL bytes
+        64    64  source label (the path it was made from), UTF-8, padded with NUL bytes;
+                  a longer label keeps its last 64 bytes (whole characters)
        128     n  body: block count digests of digest-size bytes each, block 0 first;
                   each digest in xxhash's canonical big-endian form (what xxhsum prints;
                   the last block, when shorter than the block size, is hashed with its
@@ -81,8 +82,9 @@ class ManifestHeader:
         return self.count * self.digest_size
 
     def pack(self, checksum: int | None = None) -> bytes:
-        label = self.label.encode("utf-8", "replace")[:LABEL_SIZE]
-        label = label.decode("utf-8", "ignore").encode()  # never cut a character in two
+        # Keep the end of a long label (a path's informative part), whole characters only.
+        label = self.label.encode("utf-8", "replace")[-LABEL_SIZE:]
+        label = label.decode("utf-8", "ignore").encode()
         head = _HEAD.pack(MAGIC, VERSION, HEADER_SIZE, ALGORITHM_IDS[self.algorithm],
                           self.digest_size, 0, self.block_size, 0, self.size, self.count,
                           self.created_ns, self.checksum if checksum is None else checksum, 0)
