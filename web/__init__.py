@@ -54,6 +54,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     )
     if test_config:
         app.config.update(test_config)
+    if app.testing and "CBLB_SSE_MAX_ROUNDS" not in (test_config or {}):
+        app.config["CBLB_SSE_MAX_ROUNDS"] = 1   # the test client reads a stream to its end
     if app.config["CBLB_REQUIRE_TOKEN"] and len(app.config["CBLB_TOKEN"] or "") < 16:
         raise ValueError("CBLB_REQUIRE_TOKEN is set but no access token (CBLB_TOKEN) was given")
 
