@@ -51,6 +51,8 @@ def parse_fio(text: str) -> dict[str, Any]:
         "bw_mb_s": round(sum(j["write"].get("bw", 0) for j in jobs) * 1024 / 1e6, 3),
         "iops": round(sum(j["write"].get("iops", 0) for j in jobs), 1),
         "total_ios": ios,
+        "usr_cpu_pct": round(jobs[0].get("usr_cpu", 0.0), 2),
+        "sys_cpu_pct": round(jobs[0].get("sys_cpu", 0.0), 2),
         "fio_version": data.get("fio version", ""),
     }
 
