@@ -1,0 +1,716 @@
+"""Host tests of the web page (web/): every route, refused input, CSRF, the access token.
+
+The kernel is replaced by web.standin.StandInController, which refuses what the real
+control library refuses (same validation functions, same errno) and records every call
+that reached it, so a test can check that refused input never got that far.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import re
+import stat
+import time
+
+import pytest
+
+from cblb.commands import web as web_cmd
+from cblb.errors import CblbError
+from web import create_app
+from web.auth import ensure_token
+from web.history import GrowthPoint, project
+from web.sampler import DiskstatsSampler
+from web.standin import StandInController, StandInSampler
+from web.svg import Chart, Series, render
+
+TOKEN = "t0k3n-for-tests-only-0123456789abcdef"
+
+
+@pytest.fixture
+def web_ctl():
+    return StandInController(loaded=True, total=4, grow_bytes_per_s=4e6)
+
+
+@pytest.fixture
+def web_mnt(tmp_path):
+    root = tmp_path / "mnt"
+    root.mkdir()
+    return root
+
+
+@pytest.fixture
+def web_catalog(tmp_path):
+    d = tmp_path / "catalog"
+    d.mkdir()
+    return d
+
+
+@pytest.fixture
+def web_app(web_ctl, web_mnt, web_catalog):
+    return create_app({"TESTING": True, "CBLB_CONTROLLER": web_ctl,
+                       "CBLB_SAMPLER": StandInSampler(web_ctl),
+                       "CBLB_MOUNT_ROOTS": (str(web_mnt),),
+                       "CBLB_DEFAULT_CATALOG": str(web_catalog),
+                       "CBLB_SSE_INTERVAL": 0.0})
+
+
+@pytest.fixture
+def web_client(web_app):
+    return web_app.test_client()
+
+
+@pytest.fixture
+def web_runner(web_app):
+    return web_app.test_cli_runner()
+
+
+def csrf(client) -> str:
+    page = client.get("/")
+    m = re.search(rb'name="csrf_token" value="([^"]+)"', page.data)
+    assert m, "the page carries the CSRF token"
+    return m.group(1).decode()
+
+
+def post(client, url, data=None, htmx=False, token=True):
+    data = dict(data or {})
+    if token:
+        data["csrf_token"] = csrf(client)
+    headers = {"HX-Request": "true"} if htmx else {}
+    return client.post(url, data=data, headers=headers)
+
+
+HX = {"HX-Request": "true"}
+
+
+def text(resp) -> str:
+    return html.unescape(resp.get_data(as_text=True))
+
+
+def make_active(ctl, catalog, name="shadow", origin="/dev/vdb1"):
+    ctl.create(name, origin)
+    ctl.start(name, str(catalog), 2048, 4)
+
+
+# ---- the page ------------------------------------------------------------------------------
+def test_page_without_module_says_so_and_offers_load(web_catalog, web_mnt):
+    ctl = StandInController(loaded=False)
+    app = create_app({"TESTING": True, "CBLB_CONTROLLER": ctl})
+    r = app.test_client().get("/")
+    assert r.status_code == 200
+    body = text(r)
+    assert "The cblb kernel module is not loaded." in body
+    assert 'action="/module/load"' in body and 'name="total"' in body
+    assert "Create" not in body.split('id="lifecycle"')[1].split("</section>")[0] or \
+        'id="create-btn"' not in body
+
+
+def test_page_shows_devices_table(web_client, web_ctl, web_catalog):
+    make_active(web_ctl, web_catalog)
+    web_ctl.create("second", "/dev/vdb2")
+    body = text(web_client.get("/"))
+    for head in ("Name", "Origin", "State", "Catalog", "Temp files used / max", "COW bytes",
+                 "Error"):
+        assert f">{head}</th>" in body
+    assert 'id="dev-shadow"' in body and 'id="dev-second"' in body
+    assert "/dev/vdb1" in body and str(web_catalog) in body
+    assert 'sse-connect="/events"' in body and 'sse-swap="devices"' in body
+    assert "/static/htmx.min.js" in body and "https://" not in body  # no CDN
+
+
+def test_page_survives_a_controller_that_cannot_read(web_catalog):
+    class Broken(StandInController):
+        def status(self):
+            raise CblbError("permission denied reading /sys/kernel/cblb; run as root")
+
+    app = create_app({"TESTING": True, "CBLB_CONTROLLER": Broken(loaded=True)})
+    r = app.test_client().get("/")
+    assert r.status_code == 200
+    assert "permission denied reading /sys/kernel/cblb" in text(r)
+
+
+def test_partials_need_htmx_else_redirect(web_client):
+    for url in ("/devices", "/lifecycle", "/charts/io", "/charts/growth"):
+        r = web_client.get(url)
+        assert r.status_code == 302 and r.headers["Location"] == "/", url
+        r = web_client.get(url, headers=HX)
+        assert r.status_code == 200, url
+        assert "<html" not in text(r), url
+
+
+def test_devices_partial_reflects_state(web_client, web_ctl, web_catalog):
+    assert "No snapshot devices yet" in text(web_client.get("/devices", headers=HX))
+    make_active(web_ctl, web_catalog)
+    body = text(web_client.get("/devices", headers=HX))
+    assert 'class="badge active"' in body and "1 / 4" in body
+
+
+def test_static_files_are_served_from_the_package(web_client):
+    for name in ("htmx.min.js", "htmx-ext-sse.min.js", "cblb.css", "cblb.js"):
+        r = web_client.get(f"/static/{name}")
+        assert r.status_code == 200, name
+        r.close()
+    here = os.path.join(os.path.dirname(__file__), "..", "..", "web", "static")
+    assert os.path.exists(os.path.join(here, "htmx.LICENSE"))
+    assert os.path.exists(os.path.join(here, "htmx-ext-sse.LICENSE"))
+
+
+def test_security_headers(web_client):
+    r = web_client.get("/")
+    assert r.headers["X-Frame-Options"] == "DENY"
+    assert "script-src 'self'" in r.headers["Content-Security-Policy"]
+
+
+# ---- load / unload ---------------------------------------------------------------------------
+def test_load_then_unload_with_confirmation():
+    ctl = StandInController(loaded=False)
+    app = create_app({"TESTING": True, "CBLB_CONTROLLER": ctl})
+    c = app.test_client()
+    r = post(c, "/module/load", {"total": "6"})
+    assert r.status_code == 303 and ctl.loaded() and ctl.total() == 6
+    assert "cblb_module loaded with total=6" in text(c.get("/"))
+    r = c.get("/module/unload", headers=HX)
+    assert r.status_code == 200 and 'id="unload-yes"' in text(r)
+    r = post(c, "/module/unload", {}, htmx=True)
+    assert r.status_code == 422 and "type 'unload' to confirm" in text(r) and ctl.loaded()
+    r = post(c, "/module/unload", {"confirm": "unload"}, htmx=True)
+    assert r.status_code == 200 and not ctl.loaded()
+    assert "The cblb kernel module is not loaded." in text(r)
+
+
+@pytest.mark.parametrize("value,message", [
+    ("abc", "total must be a whole number from 1 to 255"),
+    ("", "total must be a whole number"),
+    ("0", "total 0 is out of range: choose 1..255"),
+    ("256", "total 256 is out of range"),
+    ("4; reboot", "total must be a whole number"),
+])
+def test_load_refused_input(value, message):
+    ctl = StandInController(loaded=False)
+    app = create_app({"TESTING": True, "CBLB_CONTROLLER": ctl})
+    c = app.test_client()
+    r = post(c, "/module/load", {"total": value}, htmx=True)
+    assert r.status_code == 422
+    assert message in text(r)
+    assert 'data-for="load"' in text(r)
+    assert not ctl.loaded()
+
+
+def test_load_refusal_from_library_shown_inline(web_client, web_ctl):
+    r = post(web_client, "/module/load", {"total": "8"})   # loaded with 4 already
+    assert r.status_code == 422
+    assert "already loaded with total=4" in text(r) and "<html" in text(r)
+
+
+def test_unload_refused_while_snapshots_exist(web_client, web_ctl):
+    web_ctl.create("shadow", "/dev/vdb1")
+    r = post(web_client, "/module/unload", {"confirm": "unload"}, htmx=True)
+    assert r.status_code == 422 and "snapshots still exist (shadow)" in text(r)
+
+
+# ---- create ------------------------------------------------------------------------------------
+def test_create_htmx_returns_panel_and_devices_out_of_band(web_client, web_ctl):
+    r = post(web_client, "/snapshots", {"name": "shadow", "origin": "/dev/vdb1"}, htmx=True)
+    assert r.status_code == 200
+    body = text(r)
+    assert "shadow: created for /dev/vdb1" in body
+    assert 'id="snap-shadow"' in body and 'id="start-shadow"' in body   # created -> start form
+    assert 'id="devices" hx-swap-oob="innerHTML"' in body
+    assert web_ctl.snapshot("shadow").state.value == "created"
+
+
+def test_create_plain_form_redirects(web_client, web_ctl):
+    r = post(web_client, "/snapshots", {"name": "shadow", "origin": "/dev/vdb1"})
+    assert r.status_code == 303 and r.headers["Location"] == "/"
+
+
+@pytest.mark.parametrize("name,origin,message", [
+    ("bad name", "/dev/vdb1", "invalid snapshot name 'bad name'"),
+    ("x;rm -rf /", "/dev/vdb1", "invalid snapshot name"),
+    ("$(reboot)", "/dev/vdb1", "invalid snapshot name"),
+    ("../etc", "/dev/vdb1", "invalid snapshot name"),
+    ("", "/dev/vdb1", "invalid snapshot name ''"),
+    ("a" * 40, "/dev/vdb1", "invalid snapshot name"),
+    ("shadow", "/dev/nope", "/dev/nope: no such device"),
+    ("shadow", "/etc/passwd", "/etc/passwd is not a block device"),
+    ("shadow", "", "origin is empty"),
+])
+def test_create_refused_input(web_client, web_ctl, name, origin, message):
+    r = post(web_client, "/snapshots", {"name": name, "origin": origin}, htmx=True)
+    assert r.status_code == 422
+    assert message in text(r)
+    assert 'data-for="create"' in text(r)
+    assert web_ctl.snapshots() == []
+    # and the form keeps what was typed
+    if origin:
+        assert f'value="{origin}"' in text(r)
+
+
+def test_create_refusals_from_state(web_client, web_ctl):
+    web_ctl.create("shadow", "/dev/vdb1")
+    r = post(web_client, "/snapshots", {"name": "shadow", "origin": "/dev/vdb2"}, htmx=True)
+    assert r.status_code == 422 and "a snapshot named shadow already exists" in text(r)
+    r = post(web_client, "/snapshots", {"name": "other", "origin": "/dev/vdb1"}, htmx=True)
+    assert r.status_code == 422 and "/dev/vdb1 already has a snapshot (shadow)" in text(r)
+
+
+def test_create_when_not_loaded_is_refused_with_library_message():
+    ctl = StandInController(loaded=False)
+    app = create_app({"TESTING": True, "CBLB_CONTROLLER": ctl})
+    r = post(app.test_client(), "/snapshots", {"name": "s", "origin": "/dev/vdb1"}, htmx=True)
+    assert r.status_code == 422
+    assert "the cblb module is not loaded" in text(r)
+
+
+# ---- start ---------------------------------------------------------------------------------------
+def test_start_converts_mib_to_blocks(web_client, web_ctl, web_catalog):
+    web_ctl.create("shadow", "/dev/vdb1")
+    r = post(web_client, "/snapshots/shadow/start",
+             {"catalog": str(web_catalog), "file_mib": "64", "max_files": "16"}, htmx=True)
+    assert r.status_code == 200, text(r)
+    assert ("start", ("shadow", str(web_catalog), 64 * 2048, 16)) in web_ctl.calls
+    s = web_ctl.snapshot("shadow")
+    assert s.state.value == "active" and s.max_files == 16
+    body = text(r)
+    assert 'id="mount-shadow"' in body and 'id="start-shadow"' not in body
+
+
+@pytest.mark.parametrize("data,message", [
+    ({"file_mib": "x"}, "file size (MiB) must be a whole number"),
+    ({"file_mib": "0"}, "file size (MiB) 0 is out of range"),
+    ({"max_files": "5000"}, "max files 5000 is out of range: choose 1..4096"),
+    ({"max_files": "-1"}, "max files -1 is out of range"),
+    ({"catalog": ""}, "catalog is empty"),
+    ({"catalog": "/no/such/dir"}, "catalog /no/such/dir does not exist; create it with mkdir"),
+    ({"catalog": "/etc/passwd"}, "catalog /etc/passwd is not a folder"),
+    ({"catalog": "/tmp/with space"}, "contains blanks"),
+])
+def test_start_refused_input(web_client, web_ctl, web_catalog, data, message):
+    web_ctl.create("shadow", "/dev/vdb1")
+    form = {"catalog": str(web_catalog), "file_mib": "64", "max_files": "16"}
+    form.update(data)
+    r = post(web_client, "/snapshots/shadow/start", form, htmx=True)
+    assert r.status_code == 422
+    assert message in text(r)
+    assert 'data-for="start:shadow"' in text(r)
+    assert web_ctl.snapshot("shadow").state.value == "created"
+
+
+def test_start_twice_and_unknown(web_client, web_ctl, web_catalog):
+    make_active(web_ctl, web_catalog)
+    form = {"catalog": str(web_catalog), "file_mib": "64", "max_files": "16"}
+    r = post(web_client, "/snapshots/shadow/start", form, htmx=True)
+    assert r.status_code == 422 and "shadow is already active" in text(r)
+    r = post(web_client, "/snapshots/ghost/start", form, htmx=True)
+    assert r.status_code == 422 and "no snapshot named ghost" in text(r)
+    r = post(web_client, "/snapshots/bad%20name/start", form, htmx=True)
+    assert r.status_code == 422 and "invalid snapshot name" in text(r)
+
+
+def test_start_cost_preview(web_client, web_catalog):
+    r = web_client.get(f"/lifecycle/cost?catalog={web_catalog}&file_mib=64&max_files=8",
+                       headers=HX)
+    body = text(r)
+    assert "512.0 MiB" in body and "8 files × 64.0 MiB" in body and "free" in body
+    assert "must be whole numbers" in text(web_client.get("/lifecycle/cost?file_mib=x"))
+    assert "is not an existing folder" in text(
+        web_client.get("/lifecycle/cost?catalog=/no/such&file_mib=1&max_files=1"))
+
+
+# ---- mount / umount ------------------------------------------------------------------------------
+def test_mount_and_umount(web_client, web_ctl, web_catalog, web_mnt):
+    make_active(web_ctl, web_catalog)
+    target = web_mnt / "cblb" / "shadow"
+    r = post(web_client, "/snapshots/shadow/mount", {"dir": str(target)}, htmx=True)
+    assert r.status_code == 200, text(r)
+    assert web_ctl.snapshot("shadow").mountpoint == str(target)
+    assert 'id="umount-shadow"' in text(r) and 'id="remove-shadow"' not in text(r)
+    r = post(web_client, "/snapshots/shadow/umount", {}, htmx=True)
+    assert r.status_code == 200 and web_ctl.snapshot("shadow").mountpoint == ""
+    r = post(web_client, "/snapshots/shadow/umount", {}, htmx=True)
+    assert r.status_code == 422 and "shadow is not mounted" in text(r)
+
+
+def test_mount_refused_input(web_client, web_ctl, web_catalog, web_mnt):
+    make_active(web_ctl, web_catalog)
+    (web_mnt / "full").mkdir()
+    (web_mnt / "full" / "file").write_text("x")
+    (web_mnt / "afile").write_text("x")
+    os.symlink("/etc", web_mnt / "link")
+    cases = [
+        ("/etc", "is not under"),
+        ("relative/dir", "must be an absolute path"),
+        (f"{web_mnt}/../escape", "without '..'"),
+        (str(web_mnt), "is not under"),
+        (f"{web_mnt}/full", "is not empty"),
+        (f"{web_mnt}/afile", "exists and is not a folder"),
+        (f"{web_mnt}/link/x", "is not under"),
+        ("", "mount folder is empty"),
+    ]
+    for target, message in cases:
+        r = post(web_client, "/snapshots/shadow/mount", {"dir": target}, htmx=True)
+        assert r.status_code == 422, target
+        assert message in text(r), (target, text(r))
+    assert not any(c[0] == "mount" for c in web_ctl.calls)
+
+
+def test_mount_refused_by_library_when_not_active(web_client, web_ctl, web_mnt):
+    web_ctl.create("shadow", "/dev/vdb1")
+    r = post(web_client, "/snapshots/shadow/mount", {"dir": f"{web_mnt}/s"}, htmx=True)
+    assert r.status_code == 422
+    assert "shadow is created; only an active snapshot can be mounted" in text(r)
+
+
+# ---- remove --------------------------------------------------------------------------------------
+def test_remove_needs_confirmation(web_client, web_ctl, web_catalog):
+    make_active(web_ctl, web_catalog)
+    r = web_client.get("/snapshots/shadow/remove", headers=HX)
+    assert r.status_code == 200
+    assert 'id="remove-yes-shadow"' in text(r) and "temp files" in text(r)
+    assert web_ctl.snapshot("shadow")  # a GET changes nothing
+    r = post(web_client, "/snapshots/shadow/remove", {}, htmx=True)
+    assert r.status_code == 422 and "type the name shadow to confirm" in text(r)
+    r = post(web_client, "/snapshots/shadow/remove", {"confirm": "other"}, htmx=True)
+    assert r.status_code == 422
+    assert web_ctl.names() == ["shadow"]
+    r = post(web_client, "/snapshots/shadow/remove", {"confirm": "shadow"}, htmx=True)
+    assert r.status_code == 200 and web_ctl.names() == []
+    assert "shadow: removed" in text(r)
+
+
+def test_remove_refused_while_mounted(web_client, web_ctl, web_catalog, web_mnt):
+    make_active(web_ctl, web_catalog)
+    web_ctl.mount("shadow", f"{web_mnt}/s")
+    r = post(web_client, "/snapshots/shadow/remove", {"confirm": "shadow"}, htmx=True)
+    assert r.status_code == 422 and "unmount it first" in text(r)
+    assert web_ctl.names() == ["shadow"]
+
+
+def test_remove_unknown(web_client):
+    r = web_client.get("/snapshots/ghost/remove", headers=HX)
+    assert r.status_code == 422 and "no snapshot named ghost" in text(r)
+    r = post(web_client, "/snapshots/ghost/remove", {"confirm": "ghost"})
+    assert r.status_code == 422 and "no snapshot named ghost" in text(r)
+
+
+def test_failed_snapshot_widget(web_client, web_ctl, web_catalog):
+    ctl = web_ctl
+    ctl.create("shadow", "/dev/vdb1")
+    ctl.start("shadow", str(web_catalog), 8, 1)       # a 4 KiB store fills at once
+    time.sleep(0.01)
+    s = ctl.snapshot("shadow")
+    assert s.state.value == "failed"
+    body = text(web_client.get("/lifecycle", headers=HX))
+    assert "Failed: temp-file store full" in body and 'id="remove-shadow"' in body
+    assert 'id="mount-shadow"' not in body
+
+
+# ---- methods, CSRF, Host, Origin ---------------------------------------------------------------
+POST_ROUTES = ["/module/load", "/module/unload", "/snapshots", "/snapshots/s/start",
+               "/snapshots/s/mount", "/snapshots/s/umount", "/snapshots/s/remove", "/logout"]
+
+
+@pytest.mark.parametrize("url", POST_ROUTES)
+def test_post_without_csrf_is_refused(web_client, web_ctl, url):
+    csrf(web_client)  # the session has a token; the request does not carry it
+    r = web_client.post(url, data={"total": "4", "name": "s", "origin": "/dev/vdb1",
+                                   "confirm": "unload"})
+    assert r.status_code == 400
+    assert "CSRF token missing" in text(r)
+    r = web_client.post(url, data={"csrf_token": "forged"})
+    assert r.status_code == 403
+    assert web_ctl.calls == []
+
+
+def test_csrf_header_is_accepted(web_client, web_ctl):
+    tok = csrf(web_client)
+    r = web_client.post("/snapshots", data={"name": "s", "origin": "/dev/vdb1"},
+                        headers={"X-CSRF-Token": tok, "HX-Request": "true"})
+    assert r.status_code == 200 and web_ctl.names() == ["s"]
+
+
+@pytest.mark.parametrize("url", ["/module/load", "/module/unload", "/snapshots",
+                                 "/snapshots/s/start", "/snapshots/s/mount",
+                                 "/snapshots/s/umount"])
+def test_state_changes_are_post_only(web_client, web_ctl, url):
+    r = web_client.get(url + "?total=4&name=s&origin=/dev/vdb1")
+    assert r.status_code in (405, 200)   # the unload GET is the confirmation prompt
+    assert not any(c[0] != "unload" for c in web_ctl.calls) and web_ctl.names() == []
+
+
+def test_foreign_host_refused_on_loopback(web_client):
+    r = web_client.get("/", headers={"Host": "evil.example:8470"})
+    assert r.status_code == 400 and "unexpected Host" in text(r)
+    assert web_client.get("/", headers={"Host": "127.0.0.1:8470"}).status_code == 200
+
+
+def test_cross_origin_post_refused(web_client, web_ctl):
+    tok = csrf(web_client)
+    r = web_client.post("/snapshots", data={"name": "s", "origin": "/dev/vdb1",
+                                            "csrf_token": tok},
+                        headers={"Origin": "http://evil.example"})
+    assert r.status_code == 403 and web_ctl.names() == []
+
+
+# ---- access token ----------------------------------------------------------------------------
+@pytest.fixture
+def web_token_client(web_ctl):
+    app = create_app({"TESTING": True, "CBLB_CONTROLLER": web_ctl, "CBLB_REQUIRE_TOKEN": True,
+                      "CBLB_TOKEN": TOKEN})
+    return app.test_client()
+
+
+ALL_GET_ROUTES = ["/", "/devices", "/lifecycle", "/lifecycle/cost", "/charts/io",
+                  "/charts/growth", "/api/status", "/metrics", "/events",
+                  "/static/htmx.min.js", "/module/unload", "/snapshots/s/remove"]
+
+
+@pytest.mark.parametrize("url", ALL_GET_ROUTES)
+def test_missing_token_gets_401(web_token_client, url):
+    r = web_token_client.get(url, headers={"Host": "10.0.0.5:8470"})
+    assert r.status_code == 401
+    r = web_token_client.get(url, headers={"Authorization": "Bearer wrong-token"})
+    assert r.status_code == 401
+
+
+def test_missing_token_on_post_gets_401(web_token_client, web_ctl):
+    r = web_token_client.post("/module/load", data={"total": "4"})
+    assert r.status_code == 401
+    r = web_token_client.post("/snapshots", data={"name": "s", "origin": "/dev/vdb1"},
+                              headers=HX)
+    assert r.status_code == 401 and web_ctl.calls == []
+
+
+def test_browser_without_token_gets_login_form(web_token_client):
+    r = web_token_client.get("/", headers={"Accept": "text/html"})
+    assert r.status_code == 401
+    assert 'name="token"' in text(r) and "access token" in text(r)
+
+
+def test_login_sets_cookie_and_page_works(web_token_client, web_ctl):
+    c = web_token_client
+    page = c.get("/login", headers={"Accept": "text/html"})
+    tok = re.search(r'name="csrf_token" value="([^"]+)"', text(page)).group(1)
+    r = c.post("/login", data={"token": "nope", "csrf_token": tok, "next": "/"})
+    assert r.status_code == 401 and "That is not the access token" in text(r)
+    r = c.post("/login", data={"token": TOKEN, "next": "/"})
+    assert r.status_code == 400      # login is a POST too: CSRF token required
+    r = c.post("/login", data={"token": TOKEN, "csrf_token": tok, "next": "https://evil/"})
+    assert r.status_code == 303 and r.headers["Location"] == "/"   # never off-site
+    cookie = r.headers["Set-Cookie"]
+    assert "cblb_token=" in cookie and "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    r = c.get("/")
+    assert r.status_code == 200 and "log out" in text(r)
+    assert post(c, "/snapshots", {"name": "s", "origin": "/dev/vdb1"}).status_code == 303
+    assert web_ctl.names() == ["s"]
+    r = post(c, "/logout", {})
+    assert r.status_code == 303
+    assert c.get("/").status_code == 401
+
+
+def test_bearer_token_for_metrics(web_token_client):
+    r = web_token_client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert r.status_code == 200 and b"cblb_module_loaded 1.0" in r.data
+
+
+def test_require_token_without_token_refuses_to_build():
+    with pytest.raises(ValueError):
+        create_app({"TESTING": True, "CBLB_CONTROLLER": StandInController(),
+                    "CBLB_REQUIRE_TOKEN": True})
+
+
+def test_login_route_on_loopback_redirects(web_client):
+    assert web_client.get("/login").status_code == 302
+
+
+def test_ensure_token_creates_0600_once(tmp_path):
+    path = tmp_path / "sub" / "web-token"
+    tok, created = ensure_token(path)
+    assert created and len(tok) >= 32
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    again, created2 = ensure_token(path)
+    assert again == tok and not created2
+    os.chmod(path, 0o644)
+    ensure_token(path)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    path.write_text("short")
+    with pytest.raises(ValueError):
+        ensure_token(path)
+
+
+# ---- JSON, metrics, SSE, charts ----------------------------------------------------------------
+def test_api_status(web_client, web_ctl, web_catalog):
+    make_active(web_ctl, web_catalog)
+    j = web_client.get("/api/status").get_json()
+    assert j["loaded"] and j["total"] == 4
+    assert j["snapshots"][0]["name"] == "shadow" and j["snapshots"][0]["state"] == "active"
+
+
+def test_metrics(web_client, web_ctl, web_catalog, web_app):
+    make_active(web_ctl, web_catalog)
+    web_app.extensions["cblb_history"].tick()
+    r = web_client.get("/metrics")
+    assert r.status_code == 200
+    assert r.headers["Content-Type"].startswith("text/plain; version=")
+    body = text(r)
+    assert "cblb_module_loaded 1.0" in body
+    assert "cblb_module_total_slots 4.0" in body
+    assert 'cblb_snapshot_state{name="shadow",origin="/dev/vdb1",state="active"} 1.0' in body
+    assert 'cblb_snapshot_store_capacity_bytes{name="shadow",origin="/dev/vdb1"} 4.194304e+06' in body
+    assert 'cblb_origin_write_bytes_per_second{device="vdb1"}' in body
+
+
+def test_metrics_module_not_loaded():
+    app = create_app({"TESTING": True, "CBLB_CONTROLLER": StandInController(loaded=False)})
+    body = text(app.test_client().get("/metrics"))
+    assert "cblb_module_loaded 0.0" in body and "cblb_up 1.0" in body
+
+
+def test_events_stream(web_client, web_ctl, web_catalog, web_app):
+    make_active(web_ctl, web_catalog)
+    web_app.extensions["cblb_history"].tick()
+    r = web_client.get("/events")
+    assert r.status_code == 200 and r.mimetype == "text/event-stream"
+    body = text(r)
+    for ev in ("devices", "charts-io", "charts-growth"):
+        assert f"event: {ev}\n" in body
+    assert "data: " in body and 'id="dev-shadow"' in body
+
+
+def test_events_send_lifecycle_when_state_changes(web_ctl, web_catalog):
+    class Changing(StandInController):
+        n = 0
+
+        def status(self):
+            self.n += 1
+            if self.n == 2:
+                self.create("shadow", "/dev/vdb1")
+            return super().status()
+
+    ctl = Changing(loaded=True)
+    app = create_app({"TESTING": True, "CBLB_CONTROLLER": ctl, "CBLB_SSE_MAX_ROUNDS": 2,
+                      "CBLB_SSE_INTERVAL": 0})
+    body = text(app.test_client().get("/events"))
+    assert body.count("event: devices\n") == 2
+    assert body.count("event: lifecycle\n") == 1 and 'id="snap-shadow"' in body
+
+
+def test_charts_draw_growth_with_projection(web_ctl, web_catalog):
+    clock = [1000.0]
+    ctl = StandInController(loaded=True, grow_bytes_per_s=1e6, clock=lambda: clock[0])
+    app = create_app({"TESTING": True, "CBLB_CONTROLLER": ctl,
+                      "CBLB_SAMPLER": StandInSampler(ctl, clock=lambda: clock[0])})
+    h = app.extensions["cblb_history"]
+    h.clock = lambda: clock[0]
+    ctl.create("shadow", "/dev/vdb1")
+    ctl.start("shadow", str(web_catalog), 2048 * 64, 4)   # 256 MiB store
+    for _ in range(30):
+        clock[0] += 2
+        h.tick()
+    c = app.test_client()
+    body = text(c.get("/charts/growth", headers=HX))
+    assert "<svg" in body and "<polyline" in body
+    assert "store 256.0 MiB" in body               # the limit line
+    assert "the store is full in about" in body
+    assert 'class="mark"' in body and "full ~" in body   # where it runs out
+    io = text(c.get("/charts/io", headers=HX))
+    assert io.count("<polyline") >= 3              # throughput, p50, p99
+    assert "vdb1 MB/s" in io
+
+
+def test_charts_empty(web_client):
+    assert "no origin writes sampled yet" in text(web_client.get("/charts/io", headers=HX))
+    assert "No started snapshot yet" in text(web_client.get("/charts/growth", headers=HX))
+
+
+# ---- pieces -------------------------------------------------------------------------------------
+def test_projection():
+    pts = [GrowthPoint(t, 1000 * t, 1, 4, 100_000) for t in range(10)]
+    p = project(pts)
+    assert p.rate == pytest.approx(1000)
+    assert p.full_ts == pytest.approx(100)
+    flat = [GrowthPoint(t, 5, 1, 4, 100) for t in range(5)]
+    assert project(flat).full_ts is None
+    assert project(pts[:1]).full_ts is None
+
+
+def test_svg_escapes_labels():
+    out = render(Chart('<script>alert(1)</script>', [Series("a&b", [(0, 1), (1, 2)])]))
+    assert "<script>" not in out and "&lt;script&gt;" in out and "a&amp;b" in out
+    assert "no data" in render(Chart("t", []))
+
+
+def test_diskstats_sampler(tmp_path):
+    f = tmp_path / "diskstats"
+    line = "   7       0 loop0 10 0 80 5 {w} 0 {s} {ms} 0 0 0\n"
+    f.write_text(line.format(w=100, s=2048, ms=50))
+    clock = [10.0]
+    smp = DiskstatsSampler(lambda: ["7:0", "8:0"], str(f), clock=lambda: clock[0])
+    assert smp() == []                               # first call: baseline only
+    f.write_text(line.format(w=300, s=2048 + 4096, ms=250))
+    clock[0] = 12.0
+    [s] = smp()
+    assert s["device"] == "loop0" and s["ts"] == 12.0
+    assert s["write_mb_s"] == pytest.approx(4096 * 512 / 2 / 1e6)
+    assert s["write_iops"] == pytest.approx(100)
+    assert s["avg_us"] == pytest.approx(1000)
+    assert DiskstatsSampler(lambda: [], str(f))() == []
+
+
+def test_history_handles_failing_sampler(web_ctl):
+    from web.history import History
+
+    def boom():
+        raise RuntimeError("bpf went away")
+
+    h = History(web_ctl, boom)
+    h.tick()
+    assert "bpf went away" in h.last_error
+
+
+# ---- the command -------------------------------------------------------------------------------
+@pytest.mark.parametrize("text_,want", [
+    ("127.0.0.1:8000", ("127.0.0.1", 8000)),
+    ("0.0.0.0:9", ("0.0.0.0", 9)),
+    ("[::1]:8470", ("::1", 8470)),
+    (":8080", ("127.0.0.1", 8080)),
+    ("localhost", ("localhost", 8470)),
+])
+def test_parse_bind(text_, want):
+    assert web_cmd.parse_bind(text_) == want
+
+
+@pytest.mark.parametrize("bad", ["1.2.3.4:0", "1.2.3.4:99999", "host:x", "evil.com:80",
+                                 "::1:80", "[::1", "$(id):80"])
+def test_parse_bind_refuses(bad):
+    with pytest.raises(CblbError):
+        web_cmd.parse_bind(bad)
+
+
+def test_cblb_web_prints_token_once(tmp_path, monkeypatch, capsys):
+    from cblb import cli
+
+    served = []
+    monkeypatch.setattr(web_cmd, "_serve", lambda app, host, port, threads:
+                        served.append((app, host, port)))
+    tf = tmp_path / "token"
+    assert cli.main(["web", "--bind", "0.0.0.0:8471", "--token-file", str(tf), "--standin"]) == 0
+    out = capsys.readouterr().out
+    tok = tf.read_text().strip()
+    assert "http://127.0.0.1:8471/" in out and tok in out and "mode 0600" in out
+    app = served[0][0]
+    assert app.config["CBLB_REQUIRE_TOKEN"] and app.config["CBLB_TOKEN"] == tok
+    assert cli.main(["web", "--bind", "0.0.0.0:8471", "--token-file", str(tf), "--standin"]) == 0
+    out = capsys.readouterr().out
+    assert tok not in out and str(tf) in out
+    assert cli.main(["web", "--standin"]) == 0
+    out = capsys.readouterr().out
+    assert "127.0.0.1:8470" in out and "no token needed" in out
+    assert not served[-1][0].config["CBLB_REQUIRE_TOKEN"]
+
+
+def test_cblb_web_bad_bind(capsys):
+    from cblb import cli
+
+    assert cli.main(["web", "--bind", "nowhere:80"]) == 1
+    assert "give an IP address" in capsys.readouterr().err
