@@ -352,7 +352,7 @@ class Tracer:
                             "the kernel headers match 'uname -r')", E.EIO) from None
         self.attached = True  # bcc attaches TRACEPOINT_PROBEs on load
         if self.with_cblb:
-            self.bpf["state_events"].open_perf_buffer(self._on_state, page_cnt=8)
+            self.bpf[b"state_events"].open_perf_buffer(self._on_state, page_cnt=8)
 
     def _tp_fn(self, tp: str) -> str:
         cat, ev = tp.split(":")
@@ -368,7 +368,7 @@ class Tracer:
         if not self.attached:
             for tp in self.tracepoints():
                 try:
-                    self.bpf.attach_tracepoint(tp=tp, fn_name=self._tp_fn(tp))
+                    self.bpf.attach_tracepoint(tp=tp.encode(), fn_name=self._tp_fn(tp).encode())
                 except Exception as e:
                     self.stop()
                     raise CblbError(f"could not attach {tp}: {str(e).strip()} "
@@ -387,7 +387,7 @@ class Tracer:
             self.poll()
         for tp in self.tracepoints():
             try:
-                self.bpf.detach_tracepoint(tp)
+                self.bpf.detach_tracepoint(tp.encode())
             except Exception:
                 pass
         self.attached = False
@@ -407,7 +407,7 @@ class Tracer:
 
     # -- readings --------------------------------------------------------------------
     def _on_state(self, _cpu: int, data: Any, _size: int) -> None:
-        e = self.bpf["state_events"].event(data)
+        e = self.bpf[b"state_events"].event(data)
         self._states.append({
             "ts": round(e.ts / 1e9 + self._boot_offset, 3),
             "snapshot": e.name.decode(errors="replace"),
@@ -424,12 +424,12 @@ class Tracer:
         self.poll()
         r = empty_reading(time.monotonic())
         r["wall"] = time.time()
-        for k, v in self.bpf["io"].items():
+        for k, v in self.bpf[b"io"].items():
             r["io"][(k.dev, k.op)] = (v.count, v.bytes, v.ns)
-        for k, v in self.bpf["lat"].items():
+        for k, v in self.bpf[b"lat"].items():
             r["lat"][(k.dev, k.op, k.slot)] = v.value
         if self.with_cblb:
-            for k, v in self.bpf["cow"].items():
+            for k, v in self.bpf[b"cow"].items():
                 r["cow"][k.name.decode(errors="replace")] = tuple(
                     getattr(v, f) for f in COW_FIELDS)
         r["states"], self._states = self._states, []

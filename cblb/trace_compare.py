@@ -179,7 +179,10 @@ def render_compare(r: dict[str, Any]) -> str:
         row("  device reads (IOPS)", a["bcc"]["read_iops"], b["bcc"]["read_iops"], None),
     ]
     cow = b["bcc"]["cow"]
-    lines.append(f"COW with the snapshot: {cow['chunks']} chunks, "
-                 f"{cow['bytes'] / 2**20:.1f} MiB copied, {cow['copy_ns'] / 1e9:.2f} s "
-                 f"copying, {cow['files_created']} temp file(s)")
+    snap = r.get("snapshot", {})
+    lines.append(f"COW during the run: {cow['chunks']} chunks, {cow['bytes'] / 2**20:.1f} MiB "
+                 f"copied, {cow['copy_ns'] / 1e9:.2f} s copying")
+    lines.append(f"snapshot (sysfs): {snap.get('cow_chunks', 0)} chunks in "
+                 f"{snap.get('files_used', 0)} temp file(s), start took "
+                 f"{snap.get('start_latency_us', 0) / 1000:.1f} ms")
     return "\n".join(lines)
