@@ -341,7 +341,7 @@ class Tracer:
             return
         bcc = check_environment()
         try:
-            self.bpf = bcc.BPF(src_file=str(BPF_SOURCE), cflags=self.cflags())
+            self.bpf = bcc.BPF(src_file=str(BPF_SOURCE).encode(), cflags=self.cflags())
         except Exception as e:  # bcc raises bare Exceptions with the compiler's words
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             if "Operation not permitted" in str(e) or isinstance(e, PermissionError):
