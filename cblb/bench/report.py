@@ -28,6 +28,25 @@ def env_line(results: dict[str, Any]) -> str:
             f"{' (emulated)' if mc.get('emulated') else ''}; command: {m['command_line']}")
 
 
+def noise_line(results: dict[str, Any]) -> str:
+    """How noisy the run was: median CV of the compare throughputs, CPU speed range."""
+    cvs = sorted(s["cv"] for s in results.get("summaries", [])
+                 if s["select"].get("experiment") == "compare" and s["metric"] == "write_bw"
+                 and s["cv"] is not None and s["n"] > 1)
+    parts = []
+    if cvs:
+        parts.append(f"median coefficient of variation of write throughput over repetitions: "
+                     f"{cvs[len(cvs) // 2] * 100:.0f}% (worst {cvs[-1] * 100:.0f}%)")
+    cal = results["meta"].get("cpu_calibration") or []
+    if len(cal) > 1:
+        parts.append(f"CPU speed seen by the guest varied {min(cal) / max(cal):.2f}x..1x "
+                     "during the run")
+    if not parts:
+        return ""
+    return ("Noise: " + "; ".join(parts) + ". A ratio whose error bar crosses its target "
+            "line is not conclusive.")
+
+
 def _plt():
     import matplotlib
     matplotlib.use("Agg")
@@ -371,7 +390,8 @@ def render(results: dict[str, Any], out: Path) -> Path:
                 "latency are 5-20x off real hardware and vary with the host's load. "
                 if m["machine"].get("emulated") else "")
              + f"Storage: {html.escape(m['storage'])}. Every ratio compares targets measured "
-             f"in the same run on the same device, repetitions interleaved.</div>",
+             f"in the same run on the same device, repetitions interleaved. "
+             f"{html.escape(noise_line(results))}</div>",
              "<h2>Recommendation</h2><ul>"
              + "".join(f"<li>{html.escape(t)}</li>" for t in results["recommendation"]["text"])
              + "</ul>",

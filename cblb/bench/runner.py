@@ -84,6 +84,17 @@ MODES: dict[str, ModeConfig] = {
 }
 
 
+def cpu_calibration(seconds: float = 0.2) -> float:
+    """Loop iterations per second of a fixed Python loop: shows how the CPU the guest got
+    varied during the run (other VMs share the host)."""
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        for _ in range(1000):
+            pass
+        n += 1000
+    return n / (time.perf_counter() - t0)
+
+
 def fmt_s(s: float) -> str:
     s = int(max(0, s))
     return f"{s // 60:02d}:{s % 60:02d}"
@@ -596,6 +607,8 @@ class Runner:
                     except CblbError:
                         pass
                 prog.done_w += st.weight
+                self.results["meta"].setdefault("cpu_calibration", []).append(
+                    round(cpu_calibration()))
                 self.save_partial()
         finally:
             self.teardown()
