@@ -127,7 +127,7 @@ _STR_FIELDS = ("origin", "origin_dev", "catalog", "error", "freeze")
 
 def validate_name(name: str) -> None:
     """A snapshot name becomes /dev/<name>: letters, digits, '.', '_' and '-', 1..31 chars."""
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):
         raise CblbError(
             f"invalid snapshot name {name!r}: use 1-31 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit (example: shadow-sda2)", E.EINVAL)
@@ -433,7 +433,7 @@ class Controller:
 
     def umount(self, name_or_dir: str) -> None:
         target = name_or_dir
-        if NAME_RE.match(name_or_dir) and (self.root / name_or_dir).is_dir():
+        if NAME_RE.fullmatch(name_or_dir) and (self.root / name_or_dir).is_dir():
             snap = self.snapshot(name_or_dir)
             if not snap.mountpoint:
                 return

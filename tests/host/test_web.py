@@ -577,22 +577,34 @@ def test_events_stream(web_client, web_ctl, web_catalog, web_app):
     assert "data: " in body and 'id="dev-shadow"' in body
 
 
-def test_events_send_lifecycle_when_state_changes(web_ctl, web_catalog):
+def test_events_send_lifecycle_only_when_the_page_is_stale():
     class Changing(StandInController):
+        armed = False
         n = 0
 
         def status(self):
-            self.n += 1
-            if self.n == 2:
-                self.create("shadow", "/dev/vdb1")
+            if self.armed:
+                self.n += 1
+                if self.n == 2:            # between the stream's first and second round
+                    self.create("shadow", "/dev/vdb1")
             return super().status()
 
     ctl = Changing(loaded=True)
     app = create_app({"TESTING": True, "CBLB_CONTROLLER": ctl, "CBLB_SSE_MAX_ROUNDS": 2,
                       "CBLB_SSE_INTERVAL": 0})
-    body = text(app.test_client().get("/events"))
+    c = app.test_client()
+    c.get("/")                  # the page shows "no snapshots"
+    ctl.armed = True
+    body = text(c.get("/events"))
     assert body.count("event: devices\n") == 2
     assert body.count("event: lifecycle\n") == 1 and 'id="snap-shadow"' in body
+    # the session's panel is now current: a new stream sends no lifecycle event
+    body = text(c.get("/events"))
+    assert "event: lifecycle" not in body
+    # a POST's own response brings the panel; the stream does not send it again
+    post(c, "/snapshots/shadow/start", {"catalog": "/tmp", "file_mib": "1", "max_files": "1"},
+         htmx=True)
+    assert "event: lifecycle" not in text(c.get("/events"))
 
 
 def test_charts_draw_growth_with_projection(web_ctl, web_catalog):

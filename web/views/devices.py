@@ -9,7 +9,7 @@ from typing import Any, Iterator
 from flask import (Blueprint, Response, current_app, redirect, render_template, request,
                    stream_with_context, url_for)
 
-from . import Problem, history, module_status, signature
+from . import Problem, history, module_status, panel_is_stale, signature
 
 bp = Blueprint("devices", __name__)
 
@@ -69,7 +69,6 @@ def events() -> Response:
     rounds = int(cfg["CBLB_SSE_MAX_ROUNDS"])
 
     def stream() -> Iterator[str]:
-        last_sig = None
         n = 0
         yield "retry: 3000\n\n"
         while True:
@@ -79,10 +78,9 @@ def events() -> Response:
             yield _event("charts-io", render_template("partials/charts_io.html", **io_context()))
             yield _event("charts-growth", render_template("partials/charts_growth.html",
                                                           **growth_context()))
-            if last_sig is not None and sig != last_sig:
+            if panel_is_stale(sig):   # this page's panel shows an older state
                 yield _event("lifecycle", render_template("partials/lifecycle.html",
                                                           **panel_context()))
-            last_sig = sig
             n += 1
             if rounds and n >= rounds:
                 return

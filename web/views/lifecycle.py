@@ -24,7 +24,7 @@ from cblb.control import MAX_TOTAL, SECTOR, validate_name
 from cblb.errors import CblbError
 from cblb.output import human_bytes
 
-from . import Problem, controller, module_status
+from . import Problem, controller, module_status, remember_panel, session_id, signature
 
 bp = Blueprint("lifecycle", __name__)
 
@@ -104,6 +104,8 @@ def panel_context(problem: Problem | None = None, confirm: str = "") -> dict[str
         # An error is shown beside its form; one whose form is not on the page goes on top.
         orphan = (name and name not in names) or (key in ("create", "unload") and not st.loaded) \
             or (key == "load" and st.loaded)
+    session_id()
+    remember_panel(signature(st))
     return {"st": st, "read_error": read_error, "problem": problem, "problem_orphan": orphan,
             "form": request.form,
             "confirm": confirm, "defaults": defaults(), "messages": get_flashed_messages(),
