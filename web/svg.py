@@ -121,7 +121,7 @@ def render(chart: Chart, width: int = W, height: int = H) -> Markup:
         yy = _fmt(sy(h.y))
         out.append(f'<line class="{escape(h.css)}" x1="{PAD_L}" x2="{width - PAD_R}" '
                    f'y1="{yy}" y2="{yy}"/><text class="{escape(h.css)}-label" '
-                   f'x="{width - PAD_R - 2}" y="{_fmt(sy(h.y) - 4)}" text-anchor="end">'
+                   f'x="{PAD_L + 4}" y="{_fmt(sy(h.y) - 4)}" text-anchor="start">'
                    f'{escape(h.label)}</text>')
     for s in chart.series:
         if not s.points:

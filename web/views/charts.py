@@ -65,7 +65,10 @@ def growth_context() -> dict[str, Any]:
             continue
         last = pts[-1]
         proj = project(pts)
-        series = [svg.Series("copied (COW bytes)", [(p.ts, p.cow_bytes) for p in pts], "s0")]
+        # Ticks in round binary units: plot in MiB, or GiB for stores of 2 GiB and more.
+        unit, uname = (2**30, "GiB") if last.store_bytes >= 2 * 2**30 else (2**20, "MiB")
+        series = [svg.Series("copied (COW bytes)", [(p.ts, p.cow_bytes / unit) for p in pts],
+                             "s0")]
         markers, caption = [], ""
         x_end = last.ts
         if proj.full_ts is not None:
@@ -75,20 +78,21 @@ def growth_context() -> dict[str, Any]:
             # view (within 4x the history shown); else only up to the edge of the chart.
             end = min(proj.full_ts, last.ts + 4 * span)
             y_end = last.cow_bytes + proj.rate * (end - last.ts)
-            series.append(svg.Series("projection at recent rate", [(last.ts, last.cow_bytes),
-                                                                    (end, y_end)], "proj", True))
+            series.append(svg.Series("projection at recent rate",
+                                     [(last.ts, last.cow_bytes / unit), (end, y_end / unit)],
+                                     "proj", True))
             x_end = end
             caption = (f"at {human_bytes(proj.rate)}/s the store is full in about "
                        f"{duration(left)} ({time.strftime('%H:%M', time.localtime(proj.full_ts))})")
             if end >= proj.full_ts:
-                markers.append(svg.Marker(proj.full_ts, last.store_bytes,
+                markers.append(svg.Marker(proj.full_ts, last.store_bytes / unit,
                                           f"full ~{time.strftime('%H:%M:%S', time.localtime(proj.full_ts))}"))
         else:
             caption = "not growing: the origin is not being written"
-        hl = [svg.HLine(last.store_bytes, f"store {human_bytes(last.store_bytes)}")] \
+        hl = [svg.HLine(last.store_bytes / unit, f"store {human_bytes(last.store_bytes)}")] \
             if last.store_bytes else []
         chart = svg.Chart(f"{name}: temp-file store use", series, markers, hl,
-                          y_fmt=lambda v: human_bytes(v).replace(".0 ", " "),
+                          y_fmt=lambda v, u=uname: f"{v:g} {u}",
                           x_range=(pts[0].ts, max(x_end, pts[0].ts + 1)))
         charts.append({"name": name, "svg": svg.render(chart), "legend": svg.legend(series),
                        "caption": caption, "files_used": last.files_used,
