@@ -29,7 +29,7 @@ TOKEN = "t0k3n-for-tests-only-0123456789abcdef"
 
 @pytest.fixture
 def web_ctl():
-    return StandInController(loaded=True, total=4, grow_bytes_per_s=4e6)
+    return StandInController(loaded=True, total=4)   # no growth: states change only on request
 
 
 @pytest.fixture
@@ -393,8 +393,9 @@ def test_remove_unknown(web_client):
     assert r.status_code == 422 and "no snapshot named ghost" in text(r)
 
 
-def test_failed_snapshot_widget(web_client, web_ctl, web_catalog):
-    ctl = web_ctl
+def test_failed_snapshot_widget(web_catalog):
+    ctl = StandInController(loaded=True, grow_bytes_per_s=4e6)
+    web_client = create_app({"TESTING": True, "CBLB_CONTROLLER": ctl}).test_client()
     ctl.create("shadow", "/dev/vdb1")
     ctl.start("shadow", str(web_catalog), 8, 1)       # a 4 KiB store fills at once
     time.sleep(0.01)
