@@ -33,7 +33,7 @@ from cblb.trace import Tracer, check_environment  # noqa: E402
 from cblb.trace_compare import parse_fio  # noqa: E402
 
 EXAMPLES = """examples:
-  bench/trace_overhead.py                       # 4k random writes, 3 x 10 s each way
+  bench/trace_overhead.py                       # 4k random writes, 5 x 6 s each way
   bench/trace_overhead.py --runtime 20 --repeat 5 --bs 64k --rw write
   bench/trace_overhead.py --filtered            # tracer limited to the fio device
 """
@@ -50,8 +50,25 @@ def cpu_model() -> str:
 
 
 def virt() -> str:
-    r = subprocess.run(["systemd-detect-virt"], capture_output=True, text=True)
+    r = subprocess.run(["systemd-detect-virt", "--vm"], capture_output=True, text=True)
     return r.stdout.strip() or "unknown"
+
+
+BPF_STATS = Path("/proc/sys/kernel/bpf_stats_enabled")
+
+
+def prog_stats(tracer: Tracer) -> dict[str, tuple[int, int]]:
+    """(run_time_ns, run_cnt) of every loaded probe, from /proc/self/fdinfo (counted only
+    while kernel.bpf_stats_enabled=1): the tracer's own CPU time, measured by the kernel."""
+    out = {}
+    for name, fn in tracer.bpf.funcs.items():
+        kv = {}
+        for line in Path(f"/proc/self/fdinfo/{fn.fd}").read_text().splitlines():
+            k, _, v = line.partition(":")
+            kv[k.strip()] = v.strip()
+        key = name.decode() if isinstance(name, bytes) else name
+        out[key] = (int(kv.get("run_time_ns", 0)), int(kv.get("run_cnt", 0)))
+    return out
 
 
 def busy_jiffies() -> tuple[int, int]:
@@ -77,8 +94,8 @@ def median(runs: list[dict], key: str) -> float:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[1], epilog=EXAMPLES,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--runtime", type=float, default=10, help="seconds per fio run")
-    p.add_argument("--repeat", type=int, default=3, help="runs each way (default 3)")
+    p.add_argument("--runtime", type=float, default=6, help="seconds per fio run")
+    p.add_argument("--repeat", type=int, default=5, help="runs each way (default 5)")
     p.add_argument("--bs", default="4k")
     p.add_argument("--rw", default="randwrite")
     p.add_argument("--size", default="192M", help="fio region (default 192M)")
@@ -120,18 +137,31 @@ def main() -> int:
                        capture_output=True, check=True)  # warm-up, not measured
         off: list[dict] = []
         on: list[dict] = []
-        samples = 0
+        old_stats = BPF_STATS.read_text().strip() if BPF_STATS.exists() else None
+        if old_stats is not None:
+            BPF_STATS.write_text("1")
         for i in range(a.repeat):
             off.append(run_fio(argv))
             tracer.start()
+            s0 = prog_stats(tracer)
             on.append(run_fio(argv))
+            s1 = prog_stats(tracer)
             rec = tracer.sample()
-            samples += rec["write_count"]
             tracer.stop()
+            ns = sum(s1[k][0] - s0[k][0] for k in s1)
+            cnt = sum(s1[k][1] - s0[k][1] for k in s1)
+            on[-1]["probe_ns"] = ns
+            on[-1]["probe_events"] = cnt
+            on[-1]["probe_ns_per_event"] = round(ns / cnt, 1) if cnt else 0.0
+            on[-1]["probe_ns_per_write"] = round(ns / max(on[-1]["total_ios"], 1), 1)
+            on[-1]["probe_cpu_pct"] = round(100 * ns / (a.runtime * 1e9), 3)
+            on[-1]["tracer_writes_seen"] = rec["write_count"]
             print(f"run {i + 1}/{a.repeat}: iops off {off[-1]['iops']:.0f}  "
                   f"on {on[-1]['iops']:.0f}  (tracer saw {rec['write_count']} writes, "
                   f"fio issued {on[-1]['total_ios']}) {tag}")
         tracer.close()
+        if old_stats is not None:
+            BPF_STATS.write_text(old_stats)
     finally:
         if loop_img:
             subprocess.run(["losetup", "-d", dev], check=False)
@@ -148,6 +178,9 @@ def main() -> int:
         print(f"{k:<18}{x:>10.1f}{y:>10.1f}{(f'{r:.3f}' if r else '-'):>8}  {tag}")
     overhead = round(100 * (1 - summary["iops"]["traced"] / summary["iops"]["untraced"]), 1)
     print(f"tracer overhead: {overhead}% fewer IOPS ({a.rw} {a.bs}, psync iodepth 1) {tag}")
+    for k in ("probe_ns_per_event", "probe_ns_per_write", "probe_cpu_pct"):
+        summary[k] = median(on, k)
+        print(f"{k:<18}{summary[k]:>10.3f}  (kernel bpf_stats, median) {tag}")
     out = Path(a.out) if a.out else (Path(os.environ.get("CBLB_LAB_OUT", "/tmp"))
                                      / "trace_overhead.json")
     out.write_text(json.dumps({"context": ctx, "summary": summary,
