@@ -71,12 +71,20 @@ def cblb_tracepoints_present() -> bool:
     return bool(d and (d / "events/cblb/cblb_cow/format").exists())
 
 
+def bpf_supported() -> bool:
+    """The bpf() system call exists (CONFIG_BPF_SYSCALL) iff this sysctl does."""
+    return Path("/proc/sys/kernel/unprivileged_bpf_disabled").exists()
+
+
 def check_environment() -> Any:
     """Raise CblbError unless we can compile and attach the probes; return the bcc module."""
     if os.geteuid() != 0:
         raise CblbError("cblb trace needs root to load BPF programs: run it with sudo",
                         E.EPERM)
     bcc = _import_bcc()
+    if not bpf_supported():
+        raise CblbError("this kernel has no BPF support (built without CONFIG_BPF_SYSCALL): "
+                        "boot a distribution kernel to trace", E.ENOSYS)
     release = os.uname().release
     if not kernel_headers_present(release):
         raise CblbError(f"kernel headers for {release} are missing (bcc compiles against "

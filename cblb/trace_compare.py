@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from .control import Controller, mountpoint_of_dev
 from .errors import CblbError
+from . import trace as _trace
 from .trace import Tracer, resolve_device
 
 DEFAULT_FIO = ["--rw=randwrite", "--bs=4k", "--direct=1", "--ioengine=psync",
@@ -81,6 +82,7 @@ def compare(device: str, catalog: str, ctl: Controller, *, fio_args: list[str] |
             log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     """Run the workload twice (no snapshot, then an active snapshot of ``device``) and
     return both phases' fio figures, bcc records and the ratios with/without."""
+    _trace.check_environment()  # root, bcc, headers: before anything is written
     dev = resolve_device(device)
     devpath = f"/dev/{dev.name}"
     ctl.require_loaded()

@@ -81,8 +81,28 @@ def test_headers_missing(monkeypatch: pytest.MonkeyPatch,
                          capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setattr(trace.os, "geteuid", lambda: 0)
     monkeypatch.setattr(trace, "_import_bcc", lambda: object())
+    monkeypatch.setattr(trace, "bpf_supported", lambda: True)
     monkeypatch.setattr(trace, "kernel_headers_present", lambda release=None: False)
     assert "apt-get install linux-headers-" in _run_err(capsys, ["trace", "1", "1"])
+
+
+def test_kernel_without_bpf(monkeypatch: pytest.MonkeyPatch,
+                            capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(trace.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(trace, "_import_bcc", lambda: object())
+    monkeypatch.setattr(trace, "bpf_supported", lambda: False)
+    assert "CONFIG_BPF_SYSCALL" in _run_err(capsys, ["trace", "1", "1"])
+
+
+def test_compare_not_root(monkeypatch: pytest.MonkeyPatch,
+                          capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(trace.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr("cblb.trace_compare.resolve_device",
+                        lambda d: trace.DeviceFilter("loop0", "loop0", 7 << 20))
+    monkeypatch.setattr("cblb.control.Controller.require_loaded", lambda self: None)
+    monkeypatch.setattr("cblb.trace_compare.shutil.which", lambda n: "/usr/bin/fio")
+    err = _run_err(capsys, ["trace", "--compare", "-d", "loop0", "--snapshot-catalog", "/x"])
+    assert "root" in err
 
 
 def test_bpf_load_refused(monkeypatch: pytest.MonkeyPatch,
