@@ -110,6 +110,7 @@ def main() -> int:
     loop_img = None
     dev = a.device
     if not dev:
+        subprocess.run(["modprobe", "loop"], check=False)
         loop_img = f"/tmp/trace-overhead-{os.getpid()}.img"
         subprocess.run(["truncate", "-s", "256M", loop_img], check=True)
         dev = subprocess.run(["losetup", "-f", "--show", loop_img], capture_output=True,
