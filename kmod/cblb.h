@@ -49,8 +49,8 @@
 #define CBLB_BATCH_CHUNKS	256
 /* Snapshot reads of the origin in flight are counted in this many buckets by chunk. */
 #define CBLB_READ_BUCKETS	256
-/* The preparer keeps at least this many chunks (64 MiB) of temp files ready ahead. */
-#define CBLB_AHEAD_CHUNKS	16384
+/* The preparer keeps the next whole temp file, and at least 16 MiB, ready ahead. */
+#define CBLB_AHEAD_CHUNKS	4096
 /* Slots are stored +1 in 31 bits of the index: the store holds at most 2^31 - 2 chunks. */
 #define CBLB_MAX_SLOTS		((1ULL << 31) - 2)
 

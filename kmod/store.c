@@ -184,7 +184,8 @@ static bool store_wants_more(struct cblb_store *st)
 	u64 used = READ_ONCE(st->next_slot);
 
 	return st->nr_ready < st->max_files && !st->prepare_error &&
-	       ready_chunks - min(used, ready_chunks) < CBLB_AHEAD_CHUNKS;
+	       ready_chunks - min(used, ready_chunks) <
+	       max_t(u64, st->file_chunks + (used ? 1 : 0), CBLB_AHEAD_CHUNKS);
 }
 
 static void store_prepare_work(struct work_struct *work)
