@@ -338,9 +338,8 @@ class Controller:
             if s.origin_dev == devnum(st):
                 raise CblbError(f"{origin} already has a snapshot ({s.name}); "
                                 "one snapshot per origin", E.EBUSY)
-        if Path(f"/sys/class/block/{name}").exists():
-            raise CblbError(f"a block device named {name} already exists; choose another name",
-                            E.EEXIST)
+        if Path(f"/sys/class/block/{name}").exists() or os.path.lexists(f"/dev/{name}"):
+            raise CblbError(f"/dev/{name} already exists; choose another name", E.EEXIST)
         self._cmd(f"create {name} {origin} begin end", {
             E.EINVAL: f"the module refused the name {name!r} or origin {origin}",
             E.ENOENT: f"{origin}: no such block device",

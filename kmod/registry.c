@@ -93,21 +93,24 @@ static struct cblb_snapshot *find(const char *name)
 	return NULL;
 }
 
-/* Is a block device of that name anywhere in the system? */
+static bool path_exists(const char *fmt, const char *name)
+{
+	char *p = kasprintf(GFP_KERNEL, fmt, name);
+	struct path path;
+	bool exists = true;
+
+	if (p && kern_path(p, 0, &path))
+		exists = false;
+	else if (p)
+		path_put(&path);
+	kfree(p);
+	return exists;
+}
+
+/* Would /dev/<name> clash: a block device of that name, or any /dev entry (zero, null)? */
 static bool bdev_name_taken(const char *name)
 {
-	char *p = kasprintf(GFP_KERNEL, "/sys/class/block/%s", name);
-	struct path path;
-	bool taken = false;
-
-	if (!p)
-		return true;
-	if (!kern_path(p, 0, &path)) {
-		path_put(&path);
-		taken = true;
-	}
-	kfree(p);
-	return taken;
+	return path_exists("/sys/class/block/%s", name) || path_exists("/dev/%s", name);
 }
 
 int cblb_cmd_create(const char *name, const char *origin)

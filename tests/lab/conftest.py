@@ -55,6 +55,9 @@ def kernel_log_clean() -> Iterator[None]:
     yield
     new = klog_lines()[before:]
     bad = [l for l in new if BAD_KLOG.search(l) and "Command line" not in l]
+    if bad:
+        sh("echo w > /proc/sysrq-trigger", check=False)     # blocked tasks' stacks
+        new = klog_lines()[before:]
     assert not bad, "kernel log after the test:\n" + "\n".join(new[-60:])
 
 
@@ -72,8 +75,8 @@ def lab_out() -> Path:
 @pytest.fixture(scope="session", autouse=True)
 def lab_modules() -> None:
     if IN_LAB:
-        sh("modprobe loop max_loop=32; modprobe ext4; modprobe xfs; modprobe dm-snapshot",
-           check=False)
+        sh("modprobe loop max_loop=32; modprobe ext4; modprobe xfs; modprobe dm-snapshot; "
+           "sysctl -qw kernel.hung_task_timeout_secs=30", check=False)
 
 
 @pytest.fixture

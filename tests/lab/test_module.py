@@ -102,6 +102,7 @@ def test_refused_commands(two_loops, scratch_fs: ScratchFs, tmp_path: Path) -> N
         (f"create .hidden {a.device} begin end", errno.EINVAL),
         (f"create {'n' * 32} {a.device} begin end", errno.EINVAL),
         (f"create loop0 {a.device} begin end", errno.EEXIST),       # an existing disk's name
+        (f"create zero {a.device} begin end", errno.EEXIST),        # /dev/zero exists
         ("start nosuch /tmp 100 1", errno.ENOENT),
         ("remove nosuch", errno.ENOENT),
         ("remove", errno.EINVAL),
@@ -350,11 +351,11 @@ def test_zeroout_and_discard_keep_snapshot(cblb_module: Controller) -> None:
         sh(f"dd if=/dev/urandom of={lp.device} bs=1M count=64 status=none")
         oracle = Path("/tmp/zero-oracle.img")
         sh(f"dd if={lp.device} of={oracle} bs=1M status=none")
-        cblb_module.create("zero", lp.device)
-        cblb_module.start("zero", str(cat.catalog_dir), 8192, 16)
+        cblb_module.create("zeroed", lp.device)
+        cblb_module.start("zeroed", str(cat.catalog_dir), 8192, 16)
         sh(f"blkdiscard -z -o 0 -l 8M {lp.device}")          # write zeroes
         sh(f"blkdiscard -o 16M -l 8M {lp.device}", check=False)  # discard (if supported)
-        snap = cblb_module.snapshot("zero")
+        snap = cblb_module.snapshot("zeroed")
         assert snap.state is SnapshotState.ACTIVE
         assert differing_blocks(snap.device, str(oracle)) == []
         assert sh(f"cmp -n 8M /dev/zero {lp.device} && echo same", check=False).strip() == "same"
