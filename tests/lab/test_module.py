@@ -211,7 +211,7 @@ def check_fs(image: Path, fstype: str) -> None:
 def test_integrity_under_load(cblb_module: Controller, fstype: str, mount_dir: Path) -> None:
     """The snapshot equals the origin at `start`, block for block and file for file,
     while fio overwrites files in place (buffered and O_DIRECT) and writes new ones."""
-    fs = build_scratch(fstype, size_mb=256)
+    fs = build_scratch(fstype, size_mb=320)     # mkfs.xfs wants 300 MB or more
     oracle = Path(f"/tmp/oracle-{uuid.uuid4().hex[:6]}.img")
     oracle_mnt = Path(f"/tmp/oracle-mnt-{uuid.uuid4().hex[:6]}")
     load = None
