@@ -97,43 +97,53 @@ def run(out: Path, size_mb: int, seconds: int) -> dict[str, Any]:
     sh(f"mkfs.ext4 -q {origin} && mkfs.ext4 -q {catdev}")
     sh(f"mount {origin} {mnt} && mount {catdev} {catmnt}")
     try:
-        step("filling it with files and recording their checksums")
+        step("filling it with files")
         docs = mnt / "documents"
         docs.mkdir()
         for i in range(48):
             (docs / f"doc{i:02d}.bin").write_bytes(os.urandom(MIB))
         sh("sync")
+        hot = sorted(docs.glob("*.bin"))[:16]        # the files the load rewrites in place
+
+        step(f"write load alone for {seconds}s (baseline: new files + in-place rewrites)")
+        fio_load(mnt, seconds, hot, work / "fio-base.json").wait()
+        report["baseline_write_mb_s"] = round(fio_write_mb_s(work / "fio-base.json"), 2)
+        shutil.rmtree(mnt / "incoming")
+        sh("sync")
         before = checksums(docs)
         report["files"] = len(before)
 
-        step(f"write load alone for {seconds}s (baseline)")
-        p = fio_load(mnt, seconds, [], work / "fio-base.json")
-        p.wait()
-        report["baseline_write_mb_s"] = round(fio_write_mb_s(work / "fio-base.json"), 2)
-        shutil.rmtree(mnt / "incoming")
-
         cblb("load", "--total", "4")
-        step(f"write load again ({seconds}s), snapshot taken while it runs")
-        p = fio_load(mnt, seconds, sorted(docs.glob("*.bin"))[:16], work / "fio-snap.json")
+        step("snapshot taken while the partition is busy")
+        busy = fio_load(mnt, 600, hot, work / "fio-busy.json")
         time.sleep(2)
         t0 = time.monotonic()
         snap = cblb("snapshot", origin, "--mount", str(snapmnt), "--catalog",
                     str(catmnt / "shadow"), "--json")
         report["snapshot_command_s"] = round(time.monotonic() - t0, 3)
+        busy.terminate()
+        busy.wait()
         name = snap["name"]
         report["snapshot"] = name
         report["start_latency_ms"] = snap["start_latency_us"] / 1000
         report["start_time"] = time.strftime("%Y-%m-%d %H:%M:%S",
                                              time.localtime(snap["start_time_ns"] / 1e9))
 
-        step(f"backing up /dev/{name} under load")
-        image = work / "backup.img"
-        bk = cblb("backup", name, str(image), "--json")
-        report["backup"] = bk
-        p.wait()
+        step(f"the same write load with the snapshot active ({seconds}s)")
+        shutil.rmtree(mnt / "incoming", ignore_errors=True)
+        fio_load(mnt, seconds, hot, work / "fio-snap.json").wait()
         report["snapshot_write_mb_s"] = round(fio_write_mb_s(work / "fio-snap.json"), 2)
         report["write_ratio"] = round(report["snapshot_write_mb_s"]
                                       / max(report["baseline_write_mb_s"], 1e-9), 3)
+
+        step(f"backing up /dev/{name} while the origin keeps changing")
+        shutil.rmtree(mnt / "incoming", ignore_errors=True)
+        busy = fio_load(mnt, 600, hot, work / "fio-busy2.json")
+        image = work / "backup.img"
+        bk = cblb("backup", name, str(image), "--json")
+        busy.terminate()
+        busy.wait()
+        report["backup"] = bk
 
         step("verifying the backup against the snapshot, block by block")
         r = subprocess.run([sys.executable, "-m", "cblb.cli", "verify", str(image), "--against",
