@@ -173,6 +173,23 @@ def mountpoint_of_dev(majmin: str) -> str:
     return ""
 
 
+def check_start_args(snap: Snapshot, catalog: str, file_size: int, max_files: int) -> str:
+    """Refuse what 'start' would refuse, before the kernel sees it; the absolute catalog."""
+    if snap.state is not SnapshotState.CREATED:
+        raise CblbError(f"{snap.name} is already {snap.state.value}; only a created snapshot "
+                        "can be started", E.EALREADY)
+    if not MIN_FILE_SIZE <= file_size <= MAX_FILE_SIZE:
+        raise CblbError(f"file size {file_size} is out of range: {MIN_FILE_SIZE}.."
+                        f"{MAX_FILE_SIZE} blocks of 512 bytes", E.EINVAL)
+    if not 1 <= max_files <= MAX_FILES:
+        raise CblbError(f"max files {max_files} is out of range: 1..{MAX_FILES}", E.EINVAL)
+    catalog = os.path.abspath(catalog)
+    if any(c.isspace() for c in catalog):
+        raise CblbError(f"catalog path {catalog!r} contains blanks; the module's command "
+                        "syntax cannot carry them: use a path without spaces", E.EINVAL)
+    return catalog
+
+
 def devnum(st: os.stat_result) -> str:
     return f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
 
@@ -368,19 +385,7 @@ class Controller:
 
     def start(self, name: str, catalog: str, file_size: int, max_files: int) -> Snapshot:
         """start <name> <catalog> <file size in 512-byte blocks> <max files>."""
-        snap = self.snapshot(name)
-        if snap.state is not SnapshotState.CREATED:
-            raise CblbError(f"{name} is already {snap.state.value}; only a created snapshot "
-                            "can be started", E.EALREADY)
-        if not MIN_FILE_SIZE <= file_size <= MAX_FILE_SIZE:
-            raise CblbError(f"file size {file_size} is out of range: {MIN_FILE_SIZE}.."
-                            f"{MAX_FILE_SIZE} blocks of 512 bytes", E.EINVAL)
-        if not 1 <= max_files <= MAX_FILES:
-            raise CblbError(f"max files {max_files} is out of range: 1..{MAX_FILES}", E.EINVAL)
-        catalog = os.path.abspath(catalog)
-        if any(c.isspace() for c in catalog):
-            raise CblbError(f"catalog path {catalog!r} contains blanks; the module's command "
-                            "syntax cannot carry them: use a path without spaces", E.EINVAL)
+        catalog = check_start_args(self.snapshot(name), catalog, file_size, max_files)
         self.check_catalog(catalog, file_size)
         self._cmd(f"start {name} {catalog} {file_size} {max_files}", {
             E.ENOENT: f"catalog {catalog} or snapshot {name} not found",

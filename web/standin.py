@@ -18,7 +18,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from cblb.control import (CHUNK_SIZE, MAX_FILE_SIZE, MAX_FILES, MAX_TOTAL, MIN_FILE_SIZE,
+from cblb.control import (CHUNK_SIZE, check_start_args, MAX_FILE_SIZE, MAX_FILES, MAX_TOTAL, MIN_FILE_SIZE,
                           ModuleStatus, Snapshot, SnapshotState, validate_name)
 from cblb.errors import CblbError
 
@@ -143,18 +143,7 @@ class StandInController:
     def start(self, name: str, catalog: str, file_size: int, max_files: int) -> Snapshot:
         self.calls.append(("start", (name, catalog, file_size, max_files)))
         snap = self.snapshot(name)
-        if snap.state is not SnapshotState.CREATED:
-            raise CblbError(f"{name} is already {snap.state.value}; only a created snapshot "
-                            "can be started", E.EALREADY)
-        if not MIN_FILE_SIZE <= file_size <= MAX_FILE_SIZE:
-            raise CblbError(f"file size {file_size} is out of range: {MIN_FILE_SIZE}.."
-                            f"{MAX_FILE_SIZE} blocks of 512 bytes", E.EINVAL)
-        if not 1 <= max_files <= MAX_FILES:
-            raise CblbError(f"max files {max_files} is out of range: 1..{MAX_FILES}", E.EINVAL)
-        catalog = os.path.abspath(catalog)
-        if any(c.isspace() for c in catalog):
-            raise CblbError(f"catalog path {catalog!r} contains blanks; the module's command "
-                            "syntax cannot carry them: use a path without spaces", E.EINVAL)
+        catalog = check_start_args(snap, catalog, file_size, max_files)
         if not os.path.exists(catalog):
             raise CblbError(f"catalog {catalog} does not exist; create it with mkdir", E.ENOENT)
         if not os.path.isdir(catalog):
