@@ -372,21 +372,21 @@ def test_store_full_fails_only_the_snapshot(cblb_module: Controller) -> None:
     cat = build_scratch("ext4", size_mb=32, catalog_mb=64)
     try:
         sh(f"dd if=/dev/urandom of={lp.device} bs=1M count=8 status=none")
-        cblb_module.create("full", lp.device)
-        cblb_module.start("full", str(cat.catalog_dir), 64, 2)    # 16 chunks in all
+        cblb_module.create("filled", lp.device)
+        cblb_module.start("filled", str(cat.catalog_dir), 64, 2)    # 16 chunks in all
         data = os.urandom(4 << 20)
         Path("/tmp/full-data").write_bytes(data)
         sh(f"dd if=/tmp/full-data of={lp.device} bs=1M oflag=direct status=none")
-        snap = cblb_module.snapshot("full")
+        snap = cblb_module.snapshot("filled")
         assert snap.state is SnapshotState.FAILED
         assert "store full" in snap.error
         with open(lp.device, "rb") as f:                          # origin I/O is intact
             assert f.read(len(data)) == data
         r = sh(f"dd if={snap.device} of=/dev/null bs=4k count=1 2>&1", check=False)
         assert "Input/output error" in r
-        assert "full: snapshot failed: store full" in sh("dmesg")
-        cblb_module.remove("full")
-        assert "full" not in cblb_module.names()
+        assert "filled: snapshot failed: store full" in sh("dmesg")
+        cblb_module.remove("filled")
+        assert "filled" not in cblb_module.names()
     finally:
         cleanup_snapshots(cblb_module)
         teardown_scratch(cat)
