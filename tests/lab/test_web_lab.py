@@ -95,7 +95,8 @@ def test_lifecycle_through_http(web_lab, cblb_module, scratch_fs):
     h.tick()
     assert int(kread(NAME, "cow_bytes")) > 0
     growth, io = h.view()
-    assert growth[NAME][-1].cow_bytes == int(kread(NAME, "cow_bytes"))
+    # the journal may still commit after sync: the sample is real and never ahead of sysfs
+    assert 0 < growth[NAME][-1].cow_bytes <= int(kread(NAME, "cow_bytes"))
     dev = os.path.basename(os.path.realpath(scratch_fs.device))
     assert dev in io and io[dev][-1]["write_mb_s"] > 0, io   # diskstats fallback sampler
     g = text(client.get("/charts/growth", headers={"HX-Request": "true"}))
