@@ -40,10 +40,12 @@ demo: venv kmod
 	@bash scripts/demo
 
 bench-quick: venv kmod
-	@bash scripts/lab --kver 6.12 --timeout 1500 -- python3 -m cblb.cli bench --quick --out lab-out/bench-quick
+	@bash scripts/lab --kver 6.12 --timeout 1500 -- python3 -m cblb.cli bench --quick --no-report --out lab-out/bench-quick
+	@.venv/bin/python -m cblb.cli bench --report-only lab-out/bench-quick
 
 bench: venv kmod
-	@bash scripts/lab --kver 6.12 --timeout 14400 -- python3 -m cblb.cli bench --out lab-out/bench
+	@bash scripts/lab --kver 6.12 --timeout 14400 -- python3 -m cblb.cli bench --no-report --out lab-out/bench
+	@.venv/bin/python -m cblb.cli bench --report-only lab-out/bench
 
 clean:
 	rm -rf kmod/build lab-out build *.egg-info

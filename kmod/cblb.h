@@ -49,8 +49,15 @@
 #define CBLB_BATCH_CHUNKS	256
 /* Snapshot reads of the origin in flight are counted in this many buckets by chunk. */
 #define CBLB_READ_BUCKETS	256
-/* The preparer keeps the next whole temp file, and at least 16 MiB, ready ahead. */
+/*
+ * The preparer keeps the next whole temp file, and at least 16 MiB, ready ahead; 64 MiB
+ * when the catalog shares the origin's disk, where creating a file can wait for the
+ * origin's journal, whose writes wait for free slots (see store.c).
+ */
 #define CBLB_AHEAD_CHUNKS	4096
+#define CBLB_AHEAD_CHUNKS_SHARED	16384
+/* remove waits this long for a passing probe (udev, blkid) to close the snapshot disk. */
+#define CBLB_REMOVE_WAIT_MS	2000
 /* Slots are stored +1 in 31 bits of the index: the store holds at most 2^31 - 2 chunks. */
 #define CBLB_MAX_SLOTS		((1ULL << 31) - 2)
 

@@ -107,4 +107,10 @@ static inline bool cblb_disk_open(struct gendisk *disk)
 	return atomic_read(&disk->part0->bd_openers) > 0;
 }
 
+/* Held exclusively (a mount, dm, md): not a passing probe. A racy peek, used as a hint. */
+static inline bool cblb_disk_claimed(struct gendisk *disk)
+{
+	return READ_ONCE(disk->part0->bd_holder) != NULL;
+}
+
 #endif /* CBLB_COMPAT_H */

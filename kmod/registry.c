@@ -13,6 +13,7 @@
 #define pr_fmt(fmt) "cblb: " fmt
 
 #include <linux/ctype.h>
+#include <linux/delay.h>
 #include <linux/module.h>
 #include <linux/namei.h>
 #include <linux/slab.h>
@@ -297,6 +298,26 @@ static void destroy(struct cblb_snapshot *s)
 	cblb_sysfs_del(s);	/* frees s once the last sysfs reader is gone */
 }
 
+/*
+ * Is the snapshot disk in use? udev and blkid open a new disk for a moment to probe it,
+ * so an unclaimed open is given up to CBLB_REMOVE_WAIT_MS to go away; a claimed one (a
+ * mount) is not waited for.
+ */
+static bool snap_disk_busy(struct gendisk *disk)
+{
+	unsigned int waited = 0;
+
+	if (!disk)
+		return false;
+	while (cblb_disk_open(disk)) {
+		if (cblb_disk_claimed(disk) || waited >= CBLB_REMOVE_WAIT_MS)
+			return true;
+		msleep(20);
+		waited += 20;
+	}
+	return false;
+}
+
 int cblb_cmd_remove(const char *name)
 {
 	struct cblb_snapshot *s;
@@ -307,7 +328,7 @@ int cblb_cmd_remove(const char *name)
 	if (!s) {
 		pr_notice_ratelimited("remove %s: no such snapshot\n", name);
 		err = -ENOENT;
-	} else if (s->disk && cblb_disk_open(s->disk)) {
+	} else if (snap_disk_busy(s->disk)) {
 		pr_notice_ratelimited("remove %s: /dev/%s is open or mounted\n", name, name);
 		err = -EBUSY;
 	} else {

@@ -178,6 +178,12 @@ fail:
 	return err;
 }
 
+/* Creating a temp file may then wait on the origin's filesystem, whose writes we hold. */
+static bool store_shares_origin_disk(struct cblb_store *st)
+{
+	return st->bdev->bd_disk == st->snap->origin_disk;
+}
+
 static bool store_wants_more(struct cblb_store *st)
 {
 	u64 ready_chunks = (u64)st->nr_ready * st->file_chunks;
@@ -185,7 +191,8 @@ static bool store_wants_more(struct cblb_store *st)
 
 	return st->nr_ready < st->max_files && !st->prepare_error &&
 	       ready_chunks - min(used, ready_chunks) <
-	       max_t(u64, st->file_chunks + (used ? 1 : 0), CBLB_AHEAD_CHUNKS);
+	       max_t(u64, st->file_chunks + (used ? 1 : 0),
+		     store_shares_origin_disk(st) ? CBLB_AHEAD_CHUNKS_SHARED : CBLB_AHEAD_CHUNKS);
 }
 
 static void store_prepare_work(struct work_struct *work)
@@ -261,7 +268,7 @@ int cblb_store_alloc(struct cblb_store *st, unsigned int n, u64 *first)
 		 */
 		queue_work(system_unbound_wq, &st->prepare_work);
 		wait_event_timeout(st->ready_wq, store_has(st, need),
-				   st->bdev->bd_disk == st->snap->origin_disk ? 2 * HZ : 30 * HZ);
+				   store_shares_origin_disk(st) ? 2 * HZ : 30 * HZ);
 	}
 	spin_lock(&st->lock);
 	ready = st->nr_ready;

@@ -433,6 +433,17 @@ def render(results: dict[str, Any], out: Path) -> Path:
     return p
 
 
+def write_results(results: dict[str, Any], out: Path) -> Path:
+    """Analyse the raw runs and write results.json alone (no figures, no HTML)."""
+    out.mkdir(parents=True, exist_ok=True)
+    an.analyse(results)
+    p = out / "results.json"
+    tmp = p.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, indent=1, default=str))
+    tmp.replace(p)
+    return p
+
+
 def render_from_json(path: Path, out: Path | None = None) -> Path:
     results = json.loads(Path(path).read_text())
     return render(results, out or Path(path).parent)

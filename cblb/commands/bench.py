@@ -73,9 +73,14 @@ def _bench(args: argparse.Namespace, ctl: Controller) -> int:
         if "bench" in sys.argv else ["cblb", "bench"]
     runner = Runner(cfg, out, ctl, argv=argv, kernel_note=args.kernel_note or "")
     results = runner.run()
-    p = report.render(results, out)
+    if args.no_report:
+        report.write_results(results, out)
+        print(f"results: {out / 'results.json'}\n"
+              f"render the report where plotting is cheap: cblb bench --report-only {out}")
+    else:
+        p = report.render(results, out)
+        print(f"report: {p}\nresults: {out / 'results.json'}")
     (out / "results.partial.json").unlink(missing_ok=True)
-    print(f"report: {p}\nresults: {out / 'results.json'}")
     for t in results["targets"]:
         if t["value"] is None:
             continue
@@ -92,7 +97,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "cblb, dm-snapshot and no snapshot, sweep total=N, temp-file size and max files, and "
         "write report.html + results.json. Needs root, fio and dmsetup; run it in the lab.",
         epilog="examples:\n  make bench-quick\n  scripts/lab --kver 6.12 --timeout 1500 -- "
-        "python3 -m cblb.cli bench --quick --out lab-out/bench-quick\n"
+        "python3 -m cblb.cli bench --quick --no-report --out lab-out/bench-quick\n"
         "  cblb bench --report-only lab-out/bench-quick   # re-render on the host",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
@@ -103,6 +108,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--reps", type=int, help="repetitions per measurement (default by mode)")
     p.add_argument("--kernel-note", metavar="TEXT",
                    help="a note printed beside the kernel in the report (e.g. build under test)")
+    p.add_argument("--no-report", action="store_true",
+                   help="write results.json only, no plots: under QEMU's emulation (the lab) "
+                   "plotting takes longer than measuring; render with --report-only on the host")
     p.add_argument("--report-only", metavar="RESULTS",
                    help="re-render report.html from an existing results.json (no root needed)")
     p.set_defaults(func=_bench)

@@ -1,11 +1,13 @@
 """The benchmark, end to end in the lab guest: the tiny mode (smaller than --quick) must
-produce report.html and results.json, and every figure in them must be re-derivable from
-the raw runs. Performance targets are shown in the report, never asserted here."""
+produce results.json, and every figure in it must be re-derivable from the raw runs.
+Plotting happens on the host (tests/postlab/test_bench_report.py renders report.html from
+this run's results.json): under QEMU's emulation matplotlib takes longer than measuring.
+Performance targets are shown in the report, never asserted here."""
 
 from __future__ import annotations
 
 import json
-import re
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,21 +22,24 @@ pytestmark = pytest.mark.lab
 @pytest.fixture(scope="module")
 def tiny_report(lab_out: Path) -> Path:
     out = lab_out / "bench-test"
-    p = subprocess.run([sys.executable, "-m", "cblb.cli", "bench", "--tiny", "--out", str(out)],
-                       capture_output=True, text=True, timeout=1500)
+    (out / "results.json").unlink(missing_ok=True)
+    p = subprocess.run([sys.executable, "-m", "cblb.cli", "bench", "--tiny", "--no-report",
+                        "--out", str(out)], capture_output=True, text=True, timeout=1500)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert "[bench " in p.stdout and "ETA" in p.stdout  # progress shown
+    assert "--report-only" in p.stdout
     return out
 
 
-def test_report_and_json_exist(tiny_report: Path) -> None:
-    html = (tiny_report / "report.html").read_text()
+def test_results_json_describes_the_run(tiny_report: Path) -> None:
     data = json.loads((tiny_report / "results.json").read_text())
-    assert data["meta"]["kernel"]["release"] in html
-    assert data["meta"]["machine"]["cpu"] in html
-    for img in re.findall(r"src='([^']+\.png)'", html):
-        assert (tiny_report / img).stat().st_size > 1000, img
-    assert "write_throughput.png" in html
+    assert not (tiny_report / "results.partial.json").exists()
+    meta = data["meta"]
+    assert meta["kernel"]["release"] == os.uname().release
+    assert meta["machine"]["cpu"]
+    assert "--tiny" in meta["command_line"]
+    assert data["recommendation"]
+    assert {t["name"] for t in data["targets"]}
 
 
 def test_results_are_internally_consistent(tiny_report: Path) -> None:

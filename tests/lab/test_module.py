@@ -263,7 +263,7 @@ def test_catalog_on_origin(scratch_fs: ScratchFs, mount_dir: Path) -> None:
     catalog = fs.mnt / "shadow-catalog"
     catalog.mkdir()
     ctl.create("onorigin", fs.device)
-    ctl.start("onorigin", str(catalog), 4096, 200)
+    ctl.start("onorigin", str(catalog), 16384, 60)
     snap = ctl.snapshot("onorigin")
     early = Path("/tmp/onorigin-early.img")
     sh(f"dd if={snap.device} of={early} bs=1M status=none")
