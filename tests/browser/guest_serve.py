@@ -50,6 +50,28 @@ def writer(mnt: Path, stop: threading.Event) -> None:
         stop.wait(0.5)
 
 
+def ensure_network() -> str:
+    """The forwarded port reaches the guest's user-mode NIC at QEMU's fixed 10.0.2.15.
+    virtme-init configures it by DHCP, in the background; give that 30 s, then set the
+    address by hand (slirp's layout never changes)."""
+    nics = [n for n in sorted(os.listdir("/sys/class/net")) if n != "lo"]
+    if not nics:
+        raise SystemExit("guest_serve: no network interface (scripts/lab --port N adds one)")
+    nic = nics[0]
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        addr = sh(["ip", "-4", "-o", "addr", "show", "dev", nic])
+        if "inet " in addr:
+            return f"{nic} {addr.split('inet ')[1].split()[0]} (DHCP)"
+        time.sleep(1)
+    subprocess.run(["ip", "link", "set", nic, "up"], check=False)
+    # check=False: a late DHCP answer may have added the same address meanwhile
+    subprocess.run(["ip", "addr", "add", "10.0.2.15/24", "dev", nic], check=False)
+    if "inet 10.0.2.15/" not in sh(["ip", "-4", "-o", "addr", "show", "dev", nic]):
+        raise SystemExit(f"guest_serve: could not give {nic} its address 10.0.2.15/24")
+    return f"{nic} 10.0.2.15/24 (set by hand: no DHCP answer in 30 s)"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, default=8470)
@@ -78,6 +100,7 @@ def main() -> int:
                       "CBLB_SSE_INTERVAL": 1.0})
     from werkzeug.serving import make_server
 
+    print(f"guest_serve: network {ensure_network()}", flush=True)
     srv = make_server("0.0.0.0", args.port, app, threaded=True)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     stop = threading.Event()

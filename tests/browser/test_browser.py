@@ -24,6 +24,7 @@ import os
 import subprocess
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -118,6 +119,22 @@ def lab_site():
         time.sleep(2)
     ready = json.loads((out / "web-ready.json").read_text())
     token = (out / "web-token").read_text().strip()
+    url = f"http://127.0.0.1:{port}/login"
+    reached = ""
+    for _ in range(60):  # the forward answers once the guest's NIC has its address
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                reached = str(r.status)
+        except urllib.error.HTTPError as e:
+            reached = str(e.code)
+        except OSError:
+            time.sleep(2)
+            continue
+        break
+    if not reached:
+        stop()
+        pytest.fail(f"{url} never answered through the forwarded port; see "
+                    f"{out}/browser-guest.log")
     yield Site("lab", f"http://127.0.0.1:{port}", ready["origin"], ready["catalog"],
                ready["mount_dir"], token)
     stop()
