@@ -268,10 +268,20 @@ td,th{border:1px solid #ccc;padding:2px 6px;text-align:left}
 figure{margin:1em 0}img{max-width:100%}"""
 
 
-def render(results: dict[str, Any], out: Path) -> Path:
-    """Write report.html, the figures and results.json into ``out``; return report.html."""
+def write_results(results: dict[str, Any], out: Path) -> Path:
+    """Analyse the raw runs and write results.json alone (no figures, no HTML)."""
     out.mkdir(parents=True, exist_ok=True)
     an.analyse(results)
+    p = out / "results.json"
+    tmp = p.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, indent=1, default=str))
+    tmp.replace(p)
+    return p
+
+
+def render(results: dict[str, Any], out: Path) -> Path:
+    """Write report.html, the figures and results.json into ``out``; return report.html."""
+    write_results(results, out)
     R = an.by_name(results["ratios"])
     env = html.escape(env_line(results))
     m = results["meta"]
@@ -427,20 +437,8 @@ def render(results: dict[str, Any], out: Path) -> Path:
                                                     for n in m["notes"]) + "</ul>")
     parts.append("<p><a href='results.json'>results.json</a> holds every raw figure.</p>"
                  "</body></html>")
-    (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
     p = out / "report.html"
     p.write_text("\n".join(parts))
-    return p
-
-
-def write_results(results: dict[str, Any], out: Path) -> Path:
-    """Analyse the raw runs and write results.json alone (no figures, no HTML)."""
-    out.mkdir(parents=True, exist_ok=True)
-    an.analyse(results)
-    p = out / "results.json"
-    tmp = p.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=1, default=str))
-    tmp.replace(p)
     return p
 
 
