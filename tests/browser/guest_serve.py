@@ -51,25 +51,17 @@ def writer(mnt: Path, stop: threading.Event) -> None:
 
 
 def ensure_network() -> str:
-    """The forwarded port reaches the guest's user-mode NIC at QEMU's fixed 10.0.2.15.
-    virtme-init configures it by DHCP, in the background; give that 30 s, then set the
-    address by hand (slirp's layout never changes)."""
+    """The forwarded port reaches the guest's user-mode NIC at QEMU's fixed address
+    10.0.2.15/24 (slirp's layout never changes); scripts/lab --port adds the NIC and this
+    gives it that address, unless it already has one."""
     nics = [n for n in sorted(os.listdir("/sys/class/net")) if n != "lo"]
     if not nics:
         raise SystemExit("guest_serve: no network interface (scripts/lab --port N adds one)")
     nic = nics[0]
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        addr = sh(["ip", "-4", "-o", "addr", "show", "dev", nic])
-        if "inet " in addr:
-            return f"{nic} {addr.split('inet ')[1].split()[0]} (DHCP)"
-        time.sleep(1)
-    subprocess.run(["ip", "link", "set", nic, "up"], check=False)
-    # check=False: a late DHCP answer may have added the same address meanwhile
-    subprocess.run(["ip", "addr", "add", "10.0.2.15/24", "dev", nic], check=False)
-    if "inet 10.0.2.15/" not in sh(["ip", "-4", "-o", "addr", "show", "dev", nic]):
-        raise SystemExit(f"guest_serve: could not give {nic} its address 10.0.2.15/24")
-    return f"{nic} 10.0.2.15/24 (set by hand: no DHCP answer in 30 s)"
+    sh(["ip", "link", "set", nic, "up"])
+    if "inet " not in sh(["ip", "-4", "-o", "addr", "show", "dev", nic]):
+        sh(["ip", "addr", "add", "10.0.2.15/24", "dev", nic])
+    return f"{nic} {sh(['ip', '-4', '-o', 'addr', 'show', 'dev', nic]).split('inet ')[1].split()[0]}"
 
 
 def main() -> int:
