@@ -7,8 +7,11 @@
  *   sysfs.c      /sys/kernel/cblb/cmd parser, per-device attributes
  *   tracker.c    ftrace hook on submit_bio_noacct: finds origin writes (hash by disk)
  *   cow.c        the copy-on-write worker and the copied-chunk index
- *   store.c      temp files in the catalog: creation, extent map, slot -> sector
+ *   reads.c      snapshot reads of the origin in flight (what a copy must wait for)
+ *   store.c      temp files in the catalog: creation, extent map, slot I/O
+ *   stack.c      does a device depend on the origin (dm, md, loop, overlayfs)?
  *   snapimage.c  the read-only snapshot block device /dev/<dev>
+ * Which layouts are handled and which refused: kmod/doc/LAYOUTS.md.
  *
  * Lock story (the big picture; each file details its own):
  *   cblb_registry_lock (mutex)  slots[], the tracker hash's writers, every command.
@@ -18,8 +21,9 @@
  *   snapshot->pending_lock      (spinlock, irq-safe) the queue of origin writes that
  *                               wait for their chunks to be copied.
  *   snapshot->state_lock        (spinlock) state transitions and the error text.
- *   snapshot->read_lock         (spinlock) orders snapshot reads of the origin against
- *                               the worker marking chunks copied.
+ *   snapshot->read_lock         (spinlock, irq-safe) the list of snapshot reads of the
+ *                               origin in flight; orders them against chunks marked
+ *                               copied (reads.c).
  *   store->lock                 (spinlock) the count of ready temp files.
  *   The index (xarray) has its own lock; it has a single writer, the COW worker.
  */
@@ -47,8 +51,6 @@
 #define CBLB_CHUNK_SECTORS	(CBLB_CHUNK_SIZE >> SECTOR_SHIFT)
 /* Chunks copied per batch: caps the copy buffers at 1 MiB per active snapshot. */
 #define CBLB_BATCH_CHUNKS	256
-/* Snapshot reads of the origin in flight are counted in this many buckets by chunk. */
-#define CBLB_READ_BUCKETS	256
 /*
  * The preparer keeps the next whole temp file, and at least 16 MiB, ready ahead; 64 MiB
  * when the catalog shares the origin's disk, where creating a file can wait for the
@@ -88,6 +90,21 @@ enum cblb_state {
 
 const char *cblb_state_name(enum cblb_state state);
 
+/* A snapshot read of origin chunks [first, last] in flight, see reads.c. */
+struct cblb_read_range {
+	struct list_head node;		/* Protected by snapshot->read_lock */
+	u64 first, last;
+};
+
+/*
+ * How slots reach the catalog (kmod/doc/LAYOUTS.md): DIRECT bios to the extents of
+ * fallocated files on ext4/xfs, or FILE reads and writes through any other filesystem.
+ */
+enum cblb_store_kind {
+	CBLB_STORE_DIRECT,
+	CBLB_STORE_FILE,
+};
+
 /* One contiguous run of a temp file on the store device. */
 struct cblb_extent {
 	u64 offset;	/* byte offset in the file */
@@ -97,15 +114,20 @@ struct cblb_extent {
 
 struct cblb_store_file {
 	struct file *file;
+	bool named;			/* has a name in the catalog until cblb_store_started() */
+	char name[CBLB_NAME_MAX + 24];
 	unsigned int nr_extents;
 	struct cblb_extent *extents;	/* sorted by offset, covering the whole file */
 };
 
 struct cblb_store {
-	struct path catalog;
+	struct path catalog;		/* pinned at start: files are opened relative to it */
 	char *catalog_name;
-	struct block_device *bdev;	/* the catalog filesystem's device */
-	bool on_origin;			/* bdev is the origin itself */
+	enum cblb_store_kind kind;
+	struct block_device *bdev;	/* DIRECT: the catalog filesystem's device */
+	bool on_origin;			/* DIRECT: bdev overlaps the origin; whole store made
+					 * before the freeze, see LAYOUTS.md */
+	struct workqueue_struct *read_wq;	/* FILE: snapshot reads of copied chunks */
 	u64 file_chunks;		/* slots in one temp file */
 	u64 file_bytes;
 	unsigned int max_files;
@@ -161,9 +183,11 @@ struct cblb_snapshot {
 	u64 *batch_chunks;		/* CBLB_BATCH_CHUNKS, owned by the worker */
 	struct bio_set cow_bs;
 
-	/* snapshot reads of the origin in flight, see snapimage.c and cow.c */
+	/* snapshot reads in flight, see reads.c */
 	spinlock_t read_lock;
-	atomic_t reads[CBLB_READ_BUCKETS];
+	struct list_head reads;		/* Protected by read_lock */
+	bool reads_closed;		/* Protected by read_lock: remove has begun */
+	atomic_t nr_clones;
 	wait_queue_head_t read_wq;
 
 	/* the snapshot device */
@@ -189,6 +213,7 @@ bool cblb_snapshot_active(struct cblb_snapshot *s);
 int cblb_sysfs_init(void);
 void cblb_sysfs_exit(void);
 int cblb_sysfs_add(struct cblb_snapshot *s);
+void cblb_sysfs_hide(struct cblb_snapshot *s);
 void cblb_sysfs_del(struct cblb_snapshot *s);
 extern struct kobject *cblb_kobj;
 
@@ -207,10 +232,26 @@ void cblb_cow_drain(struct cblb_snapshot *s);
 u64 cblb_index_get(struct cblb_snapshot *s, u64 chunk);
 void cblb_cow_endio(struct bio *bio);
 
+/* reads.c */
+void cblb_reads_init(struct cblb_snapshot *s);
+void cblb_reads_begin(struct cblb_snapshot *s, struct cblb_read_range *r, u64 first, u64 last);
+void cblb_reads_end(struct cblb_snapshot *s, struct cblb_read_range *r);
+bool cblb_reads_overlap(struct cblb_snapshot *s, u64 first, u64 last);
+void cblb_reads_wait(struct cblb_snapshot *s, u64 first, u64 last);
+void cblb_reads_close(struct cblb_snapshot *s);
+
+/* stack.c */
+bool cblb_stack_reaches_origin(struct cblb_snapshot *s, struct block_device *bdev,
+			       char *top, size_t top_size);
+
 /* store.c */
 int cblb_store_init(struct cblb_snapshot *s, const char *catalog, u64 file_blocks,
 		    u32 max_files);
+void cblb_store_started(struct cblb_store *st);
 void cblb_store_exit(struct cblb_store *st);
+int cblb_store_write_file(struct cblb_store *st, u64 slot, struct page *page);
+int cblb_store_read_file(struct cblb_store *st, u64 slot, unsigned int off, void *buf,
+			 unsigned int len);
 int cblb_store_alloc(struct cblb_store *st, unsigned int n, u64 *first);
 unsigned int cblb_store_locate(struct cblb_store *st, u64 slot, unsigned int off,
 			       sector_t *sector);

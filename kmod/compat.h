@@ -8,6 +8,7 @@
  * freeze_bdev/thaw_bdev            bdev_freeze/bdev_thaw
  * blk_alloc_disk(node)             blk_alloc_disk(&queue_limits, node) returning ERR_PTR
  * blk_queue_*_block_size()         limits passed at allocation
+ * vfs_unlink(user_namespace, ...)  vfs_unlink(mnt_idmap, ...) (6.3)
  */
 #ifndef CBLB_COMPAT_H
 #define CBLB_COMPAT_H
@@ -99,6 +100,16 @@ static inline struct gendisk *cblb_alloc_disk(unsigned int lbs)
 	blk_queue_physical_block_size(disk->queue, max_t(unsigned int, lbs, 4096));
 	blk_queue_io_min(disk->queue, 4096);
 	return disk;
+#endif
+}
+
+/* Unlink dentry from dir as the filesystem's own user (no idmapped mount). */
+static inline int cblb_vfs_unlink(struct inode *dir, struct dentry *dentry)
+{
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 3, 0)
+	return vfs_unlink(&nop_mnt_idmap, dir, dentry, NULL);
+#else
+	return vfs_unlink(&init_user_ns, dir, dentry, NULL);
 #endif
 }
 

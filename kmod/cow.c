@@ -20,11 +20,12 @@
  * - pending_lock (irq-safe spinlock) protects pending; bios are queued from submitters
  *   in any context.
  * - The index has one writer (the worker); readers use xa_load() under RCU.
- * - read_lock orders snapshot reads of the origin against the worker: a reader checks
- *   the index and counts itself in reads[bucket] under read_lock; the worker records a
- *   batch in the index, takes and drops read_lock, then waits for the buckets of the
- *   batch's chunks to drain before releasing the writes, so no snapshot read of the
- *   origin can see a write it should not.
+ * - Snapshot reads of the origin are registered by chunk range (reads.c). Before any
+ *   write is released the worker waits for registered reads overlapping it; it has
+ *   recorded the batch in the index first, so no new read of those chunks registers.
+ *   A write to chunks already copied passes straight through only when no registered
+ *   read overlaps it; otherwise it is queued like a first write, so it never passes a
+ *   snapshot read that started before the copy was recorded.
  * Context: cblb_cow_intercept() runs in the submitter's context and never blocks; the
  * worker runs in process context (WQ_MEM_RECLAIM: it is on the writeback path) and
  * allocates with GFP_NOIO.
@@ -88,7 +89,8 @@ bool cblb_cow_intercept(struct cblb_snapshot *s, struct bio *bio, sector_t rel, 
 
 	if (READ_ONCE(s->state) != CBLB_ACTIVE || READ_ONCE(s->dying))
 		return false;
-	if (range_copied(s, rel, len))
+	if (range_copied(s, rel, len) &&
+	    !cblb_reads_overlap(s, sector_to_chunk(rel), sector_to_chunk(rel + len - 1)))
 		return false;
 	if (bio_op(bio) == REQ_OP_DISCARD) {
 		/*
@@ -165,6 +167,48 @@ static unsigned int chunk_bytes(struct cblb_snapshot *s, u64 chunk)
 	return min_t(sector_t, left, CBLB_CHUNK_SECTORS) << SECTOR_SHIFT;
 }
 
+/* Write the batch's pages to slots first_slot.. of the store. Worker context. */
+static int cow_write_store(struct cblb_snapshot *s, u64 first_slot, unsigned int n)
+{
+	struct cblb_store *st = &s->store;
+	struct blk_plug plug;
+	struct cow_io io;
+	unsigned int i;
+	int err;
+
+	if (st->kind == CBLB_STORE_FILE) {
+		for (i = 0; i < n; i++) {
+			err = cblb_store_write_file(st, first_slot + i, s->cow_pages[i]);
+			if (err) {
+				cblb_fail(s, "writing a temp file in %s failed (error %d)",
+					  st->catalog_name, err);
+				return err;
+			}
+		}
+		return 0;
+	}
+	cow_io_init(&io);
+	blk_start_plug(&plug);
+	for (i = 0; i < n; i++) {
+		unsigned int off = 0;
+
+		while (off < CBLB_CHUNK_SIZE) {
+			sector_t sector;
+			unsigned int len = cblb_store_locate(st, first_slot + i, off, &sector);
+
+			cow_submit(&io, st->bdev, REQ_OP_WRITE, sector, s->cow_pages[i], off, len,
+				   &s->cow_bs);
+			off += len;
+		}
+	}
+	blk_finish_plug(&plug);
+	if (cow_io_wait(&io) != BLK_STS_OK) {
+		cblb_fail(s, "writing a temp file in %s failed (I/O error)", st->catalog_name);
+		return -EIO;
+	}
+	return 0;
+}
+
 /* Copy the batch's chunks to the store and record them. Worker context. */
 static int cow_copy_batch(struct cblb_snapshot *s, unsigned int n)
 {
@@ -194,25 +238,9 @@ static int cow_copy_batch(struct cblb_snapshot *s, unsigned int n)
 		return -EIO;
 	}
 
-	cow_io_init(&io);
-	blk_start_plug(&plug);
-	for (i = 0; i < n; i++) {
-		unsigned int off = 0;
-
-		while (off < CBLB_CHUNK_SIZE) {
-			sector_t sector;
-			unsigned int len = cblb_store_locate(st, first_slot + i, off, &sector);
-
-			cow_submit(&io, st->bdev, REQ_OP_WRITE, sector, s->cow_pages[i], off, len,
-				   &s->cow_bs);
-			off += len;
-		}
-	}
-	blk_finish_plug(&plug);
-	if (cow_io_wait(&io) != BLK_STS_OK) {
-		cblb_fail(s, "writing a temp file in %s failed (I/O error)", st->catalog_name);
-		return -EIO;
-	}
+	err = cow_write_store(s, first_slot, n);
+	if (err)
+		return err;
 
 	for (i = 0; i < n; i++) {
 		err = index_set(s, chunks[i], first_slot + i);
@@ -222,14 +250,8 @@ static int cow_copy_batch(struct cblb_snapshot *s, unsigned int n)
 		}
 	}
 	atomic64_add(n, &s->cow_chunks);
-
-	/* Snapshot reads that saw these chunks uncopied must finish before the writes go. */
-	spin_lock_irq(&s->read_lock);
-	spin_unlock_irq(&s->read_lock);
-	for (i = 0; i < n; i++)
-		wait_event(s->read_wq,
-			   !atomic_read(&s->reads[chunks[i] % CBLB_READ_BUCKETS]));
-
+	/* Snapshot reads that saw these chunks uncopied finish before the writes go:
+	 * release_ready() waits for them, write by write. */
 	trace_cblb_cow(s->name, n, (u64)n << CBLB_CHUNK_SHIFT,
 		       ktime_to_ns(ktime_sub(ktime_get(), t0)));
 	return 0;
@@ -245,12 +267,44 @@ static bool batch_has(const u64 *chunks, unsigned int n, u64 c)
 	return false;
 }
 
-static void release_all(struct bio_list *list)
+/*
+ * The chunks [*first, *last] of the origin that bio touches; false when it touches none
+ * (it was clamped away, or the origin range moved).
+ */
+static bool bio_chunks(struct cblb_snapshot *s, struct bio *bio, u64 *first, u64 *last)
+{
+	sector_t rel = bio->bi_iter.bi_sector, len = bio_sectors(bio);
+
+	if (!bio_flagged(bio, BIO_REMAPPED))
+		rel += bio->bi_bdev->bd_start_sect;
+	/* clamp to the origin, as the tracker did */
+	if (rel < s->origin_start) {
+		len -= min(len, s->origin_start - rel);
+		rel = s->origin_start;
+	}
+	rel -= s->origin_start;
+	len = min(len, s->origin_sectors - min(rel, s->origin_sectors));
+	if (!len)
+		return false;
+	*first = sector_to_chunk(rel);
+	*last = sector_to_chunk(rel + len - 1);
+	return true;
+}
+
+/*
+ * Pass the writes on, each once no snapshot read of its chunks that began before they
+ * were recorded as copied is in flight.
+ */
+static void release_ready(struct cblb_snapshot *s, struct bio_list *list)
 {
 	struct bio *bio;
+	u64 first, last;
 
-	while ((bio = bio_list_pop(list)))
+	while ((bio = bio_list_pop(list))) {
+		if (bio_chunks(s, bio, &first, &last))
+			cblb_reads_wait(s, first, last);
 		cblb_pass_bio(bio);
+	}
 }
 
 static bool cow_live(struct cblb_snapshot *s)
@@ -275,29 +329,12 @@ static void cow_work_fn(struct work_struct *work)
 			break;
 
 		while ((bio = bio_list_pop(&todo))) {
-			sector_t rel = 0, len = bio_sectors(bio);
 			u64 c, last;
 
-			if (!cow_live(s)) {
+			if (!cow_live(s) || !bio_chunks(s, bio, &c, &last)) {
 				bio_list_add(&ready, bio);
 				continue;
 			}
-			rel = bio->bi_iter.bi_sector;
-			if (!bio_flagged(bio, BIO_REMAPPED))
-				rel += bio->bi_bdev->bd_start_sect;
-			/* clamp to the origin, as the tracker did */
-			if (rel < s->origin_start) {
-				len -= min(len, s->origin_start - rel);
-				rel = s->origin_start;
-			}
-			rel -= s->origin_start;
-			len = min(len, s->origin_sectors - min(rel, s->origin_sectors));
-			if (!len) {
-				bio_list_add(&ready, bio);
-				continue;
-			}
-			c = sector_to_chunk(rel);
-			last = sector_to_chunk(rel + len - 1);
 			while (c <= last) {
 				if (!cow_live(s))
 					break;
@@ -308,7 +345,7 @@ static void cow_work_fn(struct work_struct *work)
 				if (n == CBLB_BATCH_CHUNKS) {
 					cow_copy_batch(s, n);
 					n = 0;
-					release_all(&ready);
+					release_ready(s, &ready);
 					continue;
 				}
 				s->batch_chunks[n++] = c++;
@@ -318,7 +355,7 @@ static void cow_work_fn(struct work_struct *work)
 		if (cow_live(s))
 			cow_copy_batch(s, n);
 		n = 0;
-		release_all(&ready);
+		release_ready(s, &ready);
 	}
 }
 
@@ -339,8 +376,6 @@ int cblb_cow_init(struct cblb_snapshot *s)
 	xa_init(&s->index);
 	spin_lock_init(&s->pending_lock);
 	bio_list_init(&s->pending);
-	spin_lock_init(&s->read_lock);
-	init_waitqueue_head(&s->read_wq);
 	INIT_WORK(&s->cow_work, cow_work_fn);
 
 	s->batch_chunks = kcalloc(CBLB_BATCH_CHUNKS, sizeof(u64), GFP_KERNEL);

@@ -8,7 +8,8 @@
  *   while the origin is frozen takes it.
  * - A snapshot's state changes under its state_lock; the COW worker fails snapshots
  *   without the registry lock. Readers peek with READ_ONCE().
- * - Sysfs attribute reads need no lock: removing a snapshot's kobject waits for them.
+ * - Sysfs attribute reads need no lock: destroy() removes the snapshot's folder (which
+ *   waits for running reads) before it frees anything they show.
  */
 #define pr_fmt(fmt) "cblb: " fmt
 
@@ -114,9 +115,30 @@ static bool bdev_name_taken(const char *name)
 	return path_exists("/sys/class/block/%s", name) || path_exists("/dev/%s", name);
 }
 
+/*
+ * A registered snapshot whose origin shares sectors with s's (a whole disk and one of its
+ * partitions): one write would need copying for both at different offsets. Caller holds
+ * cblb_registry_lock.
+ */
+static struct cblb_snapshot *overlapping(struct cblb_snapshot *s)
+{
+	int i;
+
+	lockdep_assert_held(&cblb_registry_lock);
+	for (i = 0; i < cblb_total; i++) {
+		struct cblb_snapshot *o = slots[i];
+
+		if (o && o->origin_disk == s->origin_disk &&
+		    o->origin_start < s->origin_start + s->origin_sectors &&
+		    s->origin_start < o->origin_start + o->origin_sectors)
+			return o;
+	}
+	return NULL;
+}
+
 int cblb_cmd_create(const char *name, const char *origin)
 {
-	struct cblb_snapshot *s;
+	struct cblb_snapshot *s, *other;
 	dev_t dev;
 	int i, slot = -1, err;
 
@@ -161,6 +183,7 @@ int cblb_cmd_create(const char *name, const char *origin)
 	s->slot = slot;
 	s->origin_dev = dev;
 	spin_lock_init(&s->state_lock);
+	cblb_reads_init(s);
 	s->state = CBLB_CREATED;
 	s->freeze = "";
 	s->origin_path = kstrdup(origin, GFP_KERNEL);
@@ -186,6 +209,13 @@ int cblb_cmd_create(const char *name, const char *origin)
 		pr_notice_ratelimited("create %s: %s is empty or has blocks over 4 KiB\n", name,
 				      origin);
 		err = -EINVAL;
+		goto fail_origin;
+	}
+	other = overlapping(s);
+	if (other) {
+		pr_notice_ratelimited("create %s: %s overlaps the origin %s of snapshot %s; a disk and its partitions cannot be snapshotted at once\n",
+				      name, origin, other->origin_path, other->name);
+		err = -EBUSY;
 		goto fail_origin;
 	}
 	err = cblb_sysfs_add(s);
@@ -263,8 +293,7 @@ int cblb_cmd_start(const char *name, const char *catalog, u64 file_blocks, u32 m
 		pr_notice_ratelimited("start %s: cannot add /dev/%s (%d)\n", name, name, err);
 		goto fail_disk;
 	}
-	if (s->store.max_files > 1)
-		queue_work(system_unbound_wq, &s->store.prepare_work);
+	cblb_store_started(&s->store);
 	mutex_unlock(&cblb_registry_lock);
 	return 0;
 
@@ -287,7 +316,13 @@ out_unlock:
 /* Tear a snapshot down. Caller holds cblb_registry_lock; the disk is not open. */
 static void destroy(struct cblb_snapshot *s)
 {
+	lockdep_assert_held(&cblb_registry_lock);
 	slots[s->slot] = NULL;
+	/* No sysfs reader may see what is freed below: this waits for running show()s. */
+	cblb_sysfs_hide(s);
+	/* Reads of /dev/<dev> fail from here on; those already sent finish first. */
+	if (s->disk)
+		cblb_reads_close(s);
 	cblb_tracker_del(s);
 	WRITE_ONCE(s->dying, true);
 	cblb_cow_exit(s);
@@ -295,7 +330,7 @@ static void destroy(struct cblb_snapshot *s)
 	cblb_store_exit(&s->store);
 	cblb_bdev_close(&s->origin);
 	trace_cblb_state(s->name, cblb_state_name(s->state), "removed");
-	cblb_sysfs_del(s);	/* frees s once the last sysfs reader is gone */
+	cblb_sysfs_del(s);	/* frees s */
 }
 
 /*

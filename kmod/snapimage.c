@@ -2,24 +2,29 @@
 /*
  * The snapshot device /dev/<dev>: a read-only, bio-based disk of the origin's size.
  *
- * A read is cut at chunk boundaries; each piece is cloned and sent to the temp file's
- * sectors when the chunk was copied, to the origin otherwise. The parent completes when
- * its last clone does (bio_inc_remaining / bio_endio).
+ * A read is cut into runs: a run of chunks none of which is copied goes to the origin as
+ * one clone (registered in the snapshot's in-flight reads, see reads.c); a copied chunk
+ * goes to its slot, as a clone to the store device (DIRECT) or as a work item that reads
+ * the temp file (FILE). The parent completes when its last piece does (bio_inc_remaining
+ * / bio_endio).
  *
  * Lock story:
- * - A piece bound for the origin is counted in snapshot->reads[chunk % buckets] under
- *   snapshot->read_lock, after checking the index under the same lock; the COW worker
- *   waits for those counts before it lets a write overwrite a chunk (see cow.c). The
- *   count drops in the clone's completion (any context, hence the irq-safe lock).
+ * - Under snapshot->read_lock a run checks that reads are open (remove has not begun),
+ *   looks the chunks up in the index, registers an origin run and counts the piece in
+ *   nr_clones; the COW worker waits for registered runs before it lets a write overwrite
+ *   a chunk (cow.c), remove waits for nr_clones to drain (reads.c).
  * - Nothing else is shared: the index and the store's file table are read lock-free.
  * Context: cblb_snap_submit_bio() runs in the submitter's context and does not wait for
- * I/O; clones go to the block layer through current->bio_list.
+ * I/O; clones go to the block layer through current->bio_list; file reads run in the
+ * store's read workqueue.
  */
 #define pr_fmt(fmt) "cblb: " fmt
 
 #include <linux/blkdev.h>
 #include <linux/bio.h>
+#include <linux/highmem.h>
 #include <linux/module.h>
+#include <linux/slab.h>
 #include "cblb.h"
 
 static int cblb_major;
@@ -27,61 +32,137 @@ static int cblb_major;
 struct cblb_clone {
 	struct bio *parent;
 	struct cblb_snapshot *snap;
-	int bucket;		/* reads[] bucket counted, or -1 for a temp-file read */
+	bool origin;			/* range is registered in snap->reads */
+	struct cblb_read_range range;
 	struct bio bio;		/* last: the bio_set's front_pad ends here */
 };
+
+/* FILE backend: one copied chunk's piece of a parent read, served by a worker. */
+struct cblb_file_read {
+	struct work_struct work;
+	struct cblb_snapshot *snap;
+	struct bio *parent;
+	struct bvec_iter iter;		/* the piece, in the parent's pages */
+	u64 slot;
+	unsigned int off;		/* byte offset of the piece in its chunk */
+};
+
+static void snap_piece_done(struct bio *parent, blk_status_t status)
+{
+	if (status && !parent->bi_status)
+		parent->bi_status = status;
+	bio_endio(parent);
+}
 
 static void snap_clone_endio(struct bio *bio)
 {
 	struct cblb_clone *c = container_of(bio, struct cblb_clone, bio);
+	struct cblb_snapshot *s = c->snap;
 	struct bio *parent = c->parent;
+	blk_status_t status = bio->bi_status;
 
-	if (bio->bi_status && !parent->bi_status)
-		parent->bi_status = bio->bi_status;
-	if (c->bucket >= 0 && atomic_dec_and_test(&c->snap->reads[c->bucket]))
-		wake_up_all(&c->snap->read_wq);
+	cblb_reads_end(s, c->origin ? &c->range : NULL);
 	bio_put(bio);
-	bio_endio(parent);
+	snap_piece_done(parent, status);
 }
 
-/* Send one piece (inside one chunk) of parent, described by iter, to where it lives. */
-static void snap_read_piece(struct cblb_snapshot *s, struct bio *parent,
-			    struct bvec_iter *iter, unsigned int bytes)
+static void snap_file_read_fn(struct work_struct *work)
 {
-	u64 chunk = sector_to_chunk(iter->bi_sector);
-	unsigned int off = (iter->bi_sector - chunk_to_sector(chunk)) << SECTOR_SHIFT;
-	struct block_device *target;
-	struct cblb_clone *c;
-	struct bio *clone;
-	sector_t sector;
-	unsigned long flags;
-	u64 slot;
-	int bucket = -1;
+	struct cblb_file_read *fr = container_of(work, struct cblb_file_read, work);
+	struct cblb_snapshot *s = fr->snap;
+	unsigned int off = fr->off;
+	struct bvec_iter it;
+	struct bio_vec bv;
+	int err = 0;
 
+	__bio_for_each_segment(bv, fr->parent, it, fr->iter) {
+		char *p = bvec_kmap_local(&bv);
+
+		err = cblb_store_read_file(&s->store, fr->slot, off, p, bv.bv_len);
+		kunmap_local(p);
+		if (err)
+			break;
+		off += bv.bv_len;
+	}
+	snap_piece_done(fr->parent, err ? BLK_STS_IOERR : BLK_STS_OK);
+	kfree(fr);
+	cblb_reads_end(s, NULL);
+}
+
+/* FILE backend: read a copied chunk's piece through the temp file, in a worker. */
+static void snap_queue_file_read(struct cblb_snapshot *s, struct bio *parent,
+				 struct bvec_iter *iter, unsigned int bytes, u64 slot,
+				 unsigned int off)
+{
+	struct cblb_file_read *fr = kmalloc(sizeof(*fr), GFP_NOIO);
+
+	bio_inc_remaining(parent);
+	if (!fr) {
+		bio_advance_iter(parent, iter, bytes);
+		snap_piece_done(parent, BLK_STS_RESOURCE);
+		cblb_reads_end(s, NULL);
+		return;
+	}
+	INIT_WORK(&fr->work, snap_file_read_fn);
+	fr->snap = s;
+	fr->parent = parent;
+	fr->iter = *iter;
+	fr->iter.bi_size = bytes;
+	fr->slot = slot;
+	fr->off = off;
+	bio_advance_iter(parent, iter, bytes);
+	queue_work(s->store.read_wq, &fr->work);
+}
+
+/*
+ * Send the next run of parent (at *iter) to where it lives; advance *iter past it.
+ * Returns false (nothing sent) once remove has begun.
+ */
+static bool snap_read_run(struct cblb_snapshot *s, struct bio *parent, struct bvec_iter *iter)
+{
+	u64 chunk = sector_to_chunk(iter->bi_sector), c, slot;
+	u64 last = sector_to_chunk(iter->bi_sector + (iter->bi_size >> SECTOR_SHIFT) - 1);
+	unsigned int off = (iter->bi_sector - chunk_to_sector(chunk)) << SECTOR_SHIFT;
+	unsigned int bytes;
+	struct cblb_clone *cl;
+	struct bio *clone;
+	sector_t sector = iter->bi_sector;
+	unsigned long flags;
+
+	/* Allocated first (it may sleep), aimed at the origin until the index says otherwise. */
+	clone = bio_alloc_clone(s->origin.bdev, parent, GFP_NOIO, &s->read_bs);
+	cl = container_of(clone, struct cblb_clone, bio);
+
+	spin_lock_irqsave(&s->read_lock, flags);
+	if (s->reads_closed) {
+		spin_unlock_irqrestore(&s->read_lock, flags);
+		bio_put(clone);
+		return false;
+	}
 	slot = cblb_index_get(s, chunk);
 	if (!slot) {
-		bucket = chunk % CBLB_READ_BUCKETS;
-		spin_lock_irqsave(&s->read_lock, flags);
-		slot = cblb_index_get(s, chunk);
-		if (!slot)
-			atomic_inc(&s->reads[bucket]);
-		spin_unlock_irqrestore(&s->read_lock, flags);
-		if (slot)
-			bucket = -1;
+		for (c = chunk + 1; c <= last && !cblb_index_get(s, c); c++)
+			;
+		bytes = min_t(u64, iter->bi_size, (chunk_to_sector(c) - sector) << SECTOR_SHIFT);
+		cblb_reads_begin(s, &cl->range, chunk, c - 1);
+	} else {
+		bytes = min_t(u64, iter->bi_size, CBLB_CHUNK_SIZE - off);
+	}
+	cl->origin = !slot;
+	atomic_inc(&s->nr_clones);
+	spin_unlock_irqrestore(&s->read_lock, flags);
+
+	if (slot && s->store.kind == CBLB_STORE_FILE) {
+		bio_put(clone);
+		snap_queue_file_read(s, parent, iter, bytes, slot - 1, off);
+		return true;
 	}
 	if (slot) {
 		bytes = min(bytes, cblb_store_locate(&s->store, slot - 1, off, &sector));
-		target = s->store.bdev;
-	} else {
-		sector = iter->bi_sector;
-		target = s->origin.bdev;
+		bio_set_dev(clone, s->store.bdev);
 	}
-
-	clone = bio_alloc_clone(target, parent, GFP_NOIO, &s->read_bs);
-	c = container_of(clone, struct cblb_clone, bio);
-	c->parent = parent;
-	c->snap = s;
-	c->bucket = bucket;
+	cl->parent = parent;
+	cl->snap = s;
 	clone->bi_iter = *iter;
 	clone->bi_iter.bi_size = bytes;
 	clone->bi_iter.bi_sector = sector;
@@ -89,6 +170,7 @@ static void snap_read_piece(struct cblb_snapshot *s, struct bio *parent,
 	bio_inc_remaining(parent);
 	bio_advance_iter(parent, iter, bytes);
 	submit_bio_noacct(clone);
+	return true;
 }
 
 static void cblb_snap_submit_bio(struct bio *bio)
@@ -108,12 +190,11 @@ static void cblb_snap_submit_bio(struct bio *bio)
 		return;
 	}
 	while (iter.bi_size) {
-		u64 chunk = sector_to_chunk(iter.bi_sector);
-		sector_t end = chunk_to_sector(chunk + 1);
-		unsigned int bytes = min_t(u64, iter.bi_size,
-					   (end - iter.bi_sector) << SECTOR_SHIFT);
-
-		snap_read_piece(s, bio, &iter, bytes);
+		if (!snap_read_run(s, bio, &iter)) {
+			/* remove has begun: what was not sent fails, never reads live data */
+			bio->bi_status = BLK_STS_IOERR;
+			break;
+		}
 	}
 	bio_endio(bio);
 }

@@ -1,15 +1,24 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * The COW store: temp files in the catalog folder, each <file size> 512-byte blocks,
- * at most <max files>, created as they are needed.
+ * at most <max files>. Which layouts use which path: kmod/doc/LAYOUTS.md.
  *
- * A temp file is an unnamed O_TMPFILE file in the catalog (a crash can never leave one
- * behind), fully allocated with fallocate(), whose extents are read once with FIEMAP.
- * From then on the module writes and reads its slots with bios straight to the
- * catalog's block device, never through the filesystem: a copy made while the origin's
- * filesystem commits its journal can never wait on that same journal, and when the
- * catalog lives on the origin itself the store's own writes are recognised by their
- * completion function (cblb_cow_endio) and not copied again. Layout: kmod/doc/STORE.md.
+ * The catalog folder is resolved once, by "start", and pinned (st->catalog): every temp
+ * file is opened relative to it, never by name again.
+ *
+ * DIRECT (ext4, xfs): a temp file is an unnamed O_TMPFILE file, fully allocated with
+ * fallocate(), whose extents are read once with FIEMAP. From then on the module writes
+ * and reads its slots with bios straight to the catalog's block device, never through the
+ * filesystem: a copy made while the origin's filesystem commits its journal can never
+ * wait on that same journal. When the catalog's filesystem is the origin itself the whole
+ * store is made before the freeze, as named files unlinked right after the thaw, so that
+ * no block the snapshot shows can later become a slot; the store's own writes are
+ * recognised by their completion function (cblb_cow_endio) and not copied again.
+ * Layout: kmod/doc/STORE.md.
+ *
+ * FILE (tmpfs, btrfs, overlayfs, NFS, ...): slots are written with kernel_write() by the
+ * COW worker and read with kernel_read() by st->read_wq for the snapshot device. Refused
+ * when the catalog's filesystem lies on the origin or on a device stacked on it.
  *
  * FIEMAP only reports to a user-space buffer. "start" runs in the writer's process and
  * maps the first file with a scratch mapping in that process; the preparer, a kernel
@@ -20,12 +29,15 @@
  * - files[i] is written once by the preparer, published with smp_store_release() before
  *   nr_ready counts it, read with smp_load_acquire(); it never changes until exit.
  * - next_slot belongs to the COW worker; the preparer only peeks at it.
- * Context: cblb_store_alloc() runs in the COW worker and may sleep a bounded time
- * waiting for the preparer; cblb_store_locate() never sleeps (submit paths).
+ * Context: cblb_store_alloc() and cblb_store_write_file() run in the COW worker and may
+ * sleep; cblb_store_read_file() runs in st->read_wq; cblb_store_locate() never sleeps
+ * (submit paths).
  */
 #define pr_fmt(fmt) "cblb: " fmt
 
 #include <linux/fiemap.h>
+#include <linux/fileattr.h>
+#include <linux/mount.h>
 #include <linux/file.h>
 #include <linux/fs.h>
 #include <linux/kthread.h>
@@ -57,7 +69,7 @@ static int store_map_extents(struct cblb_store *st, struct cblb_store_file *sf)
 	struct fiemap_extent *kext;
 	unsigned long ubuf;
 	unsigned int cap = 8, n = 0, i;
-	u64 pos = 0;
+	u64 pos = 0, dev_sectors = bdev_nr_sectors(st->bdev);
 	int err = 0;
 
 	if (!inode->i_op->fiemap)
@@ -99,6 +111,11 @@ static int store_map_extents(struct cblb_store *st, struct cblb_store_file *sf)
 			if (e->fe_logical != pos || (e->fe_flags & FIEMAP_BAD) ||
 			    (e->fe_physical & (SECTOR_SIZE - 1)) || (end & (SECTOR_SIZE - 1))) {
 				err = -EOPNOTSUPP;
+				goto out_unmap;
+			}
+			/* Never a raw write outside the device the filesystem says it is on. */
+			if ((e->fe_physical + (end - pos)) >> SECTOR_SHIFT > dev_sectors) {
+				err = -EXDEV;
 				goto out_unmap;
 			}
 			if (n == cap) {
@@ -148,7 +165,76 @@ static void store_file_free(struct cblb_store_file *sf)
 	kfree(sf);
 }
 
-/* Create, allocate and map temp file number idx. Needs a user mm (see the top). */
+/* Unlink a file this module created by name in the pinned catalog (if still that file). */
+static void store_unlink(struct cblb_store *st, struct cblb_store_file *sf)
+{
+	struct dentry *dir = st->catalog.dentry, *d;
+	int err;
+
+	if (!sf->named)
+		return;
+	sf->named = false;
+	err = mnt_want_write(st->catalog.mnt);
+	if (err)
+		goto out;
+	inode_lock_nested(d_inode(dir), I_MUTEX_PARENT);
+	d = lookup_one_len(sf->name, dir, strlen(sf->name));
+	if (IS_ERR(d)) {
+		err = PTR_ERR(d);
+	} else {
+		err = d_inode(d) == file_inode(sf->file) ? cblb_vfs_unlink(d_inode(dir), d) : 0;
+		dput(d);
+	}
+	inode_unlock(d_inode(dir));
+	mnt_drop_write(st->catalog.mnt);
+out:
+	if (err)
+		pr_notice("%s: cannot unlink temp file %s in %s (%d); delete it by hand\n",
+			  st->snap->name, sf->name, st->catalog_name, err);
+}
+
+/*
+ * Open temp file idx in the pinned catalog: named when the whole store is made before the
+ * freeze (LAYOUTS.md), unnamed (O_TMPFILE) otherwise, or named and unlinked at once where
+ * the filesystem has no O_TMPFILE.
+ */
+static int store_open(struct cblb_store *st, struct cblb_store_file *sf, unsigned int idx)
+{
+	const int flags = O_RDWR | O_LARGEFILE | O_NOATIME;
+	struct file *f = ERR_PTR(-EOPNOTSUPP);
+
+	snprintf(sf->name, sizeof(sf->name), ".cblb-%s-%u", st->snap->name, idx);
+	if (!st->on_origin)
+		f = file_open_root(&st->catalog, ".", O_TMPFILE | flags, 0600);
+	if (IS_ERR(f) && (st->on_origin || PTR_ERR(f) == -EOPNOTSUPP || PTR_ERR(f) == -EISDIR)) {
+		f = file_open_root(&st->catalog, sf->name, O_CREAT | O_EXCL | flags, 0600);
+		if (!IS_ERR(f))
+			sf->named = true;
+	}
+	if (IS_ERR(f))
+		return PTR_ERR(f);
+	sf->file = f;
+	/* A mount over the catalog after start cannot move the store. */
+	if (file_inode(f)->i_sb != st->catalog.dentry->d_sb)
+		return -EXDEV;
+	if (sf->named && !st->on_origin)
+		store_unlink(st, sf);
+	return 0;
+}
+
+/* XFS realtime files keep their data on another device than the one FIEMAP is read for. */
+static bool store_file_realtime(struct cblb_store_file *sf)
+{
+	struct fileattr fa = {};
+
+	return !vfs_fileattr_get(sf->file->f_path.dentry, &fa) &&
+	       (fa.fsx_xflags & FS_XFLAG_REALTIME);
+}
+
+/*
+ * Create temp file idx. DIRECT: allocate and map it (needs a user mm, see the top).
+ * FILE: space is taken as slots are written (a tmpfs store costs only what it holds).
+ */
 static int store_prepare_file(struct cblb_store *st, unsigned int idx)
 {
 	struct cblb_store_file *sf;
@@ -157,23 +243,28 @@ static int store_prepare_file(struct cblb_store *st, unsigned int idx)
 	sf = kzalloc(sizeof(*sf), GFP_KERNEL);
 	if (!sf)
 		return -ENOMEM;
-	sf->file = filp_open(st->catalog_name, O_TMPFILE | O_RDWR | O_LARGEFILE, 0600);
-	if (IS_ERR(sf->file)) {
-		err = PTR_ERR(sf->file);
-		sf->file = NULL;
+	err = store_open(st, sf, idx);
+	if (err)
 		goto fail;
+	if (st->kind == CBLB_STORE_DIRECT) {
+		if (!current->mm || store_file_realtime(sf)) {
+			err = -EOPNOTSUPP;
+			goto fail;
+		}
+		err = vfs_fallocate(sf->file, 0, 0, st->file_bytes);
+		if (err)
+			goto fail;
+		err = store_map_extents(st, sf);
+		if (err)
+			goto fail;
 	}
-	err = vfs_fallocate(sf->file, 0, 0, st->file_bytes);
-	if (err)
-		goto fail;
-	err = store_map_extents(st, sf);
-	if (err)
-		goto fail;
 	smp_store_release(&st->files[idx], sf);
 	trace_cblb_file(st->snap->name, idx, st->file_bytes >> SECTOR_SHIFT);
 	return 0;
 
 fail:
+	if (sf->file)
+		store_unlink(st, sf);
 	store_file_free(sf);
 	return err;
 }
@@ -181,7 +272,7 @@ fail:
 /* Creating a temp file may then wait on the origin's filesystem, whose writes we hold. */
 static bool store_shares_origin_disk(struct cblb_store *st)
 {
-	return st->bdev->bd_disk == st->snap->origin_disk;
+	return st->bdev && st->bdev->bd_disk == st->snap->origin_disk;
 }
 
 static bool store_wants_more(struct cblb_store *st)
@@ -217,7 +308,7 @@ static void store_prepare_work(struct work_struct *work)
 		st->nr_preparing = 1;
 		spin_unlock(&st->lock);
 
-		err = current->mm ? store_prepare_file(st, idx) : -EOPNOTSUPP;
+		err = store_prepare_file(st, idx);
 
 		spin_lock(&st->lock);
 		st->nr_preparing = 0;
@@ -365,11 +456,159 @@ int cblb_store_show_extents(struct cblb_store *st, char *buf)
 	return len;
 }
 
+/* FILE: where slot lives in its temp file. */
+static struct file *store_slot_file(struct cblb_store *st, u64 slot, loff_t *pos)
+{
+	u64 idx = div64_u64(slot, st->file_chunks);
+
+	*pos = (slot - idx * st->file_chunks) << CBLB_CHUNK_SHIFT;
+	return store_file(st, idx)->file;
+}
+
+/*
+ * FILE: write one chunk to its slot through the filesystem. COW worker context. The
+ * worker must not be throttled on other devices' dirty pages (the origin's writeback may
+ * be waiting for it) nor recurse into I/O to reclaim memory: loop's flags.
+ */
+int cblb_store_write_file(struct cblb_store *st, u64 slot, struct page *page)
+{
+	unsigned int noio = memalloc_noio_save();
+	unsigned int throttle = current->flags & PF_LOCAL_THROTTLE;
+	char *p = page_address(page);
+	size_t done = 0;
+	loff_t pos;
+	struct file *f = store_slot_file(st, slot, &pos);
+	int err = 0;
+
+	current->flags |= PF_LOCAL_THROTTLE;
+	while (done < CBLB_CHUNK_SIZE) {
+		ssize_t n = kernel_write(f, p + done, CBLB_CHUNK_SIZE - done, &pos);
+
+		if (n <= 0) {
+			err = n ? (int)n : -EIO;
+			break;
+		}
+		done += n;
+	}
+	if (!throttle)
+		current->flags &= ~PF_LOCAL_THROTTLE;
+	memalloc_noio_restore(noio);
+	return err;
+}
+
+/* FILE: read len bytes at off of slot into buf. Process context (st->read_wq). */
+int cblb_store_read_file(struct cblb_store *st, u64 slot, unsigned int off, void *buf,
+			 unsigned int len)
+{
+	unsigned int noio = memalloc_noio_save();
+	loff_t pos;
+	struct file *f = store_slot_file(st, slot, &pos);
+	unsigned int done = 0;
+	int err = 0;
+
+	pos += off;
+	while (done < len) {
+		ssize_t n = kernel_read(f, buf + done, len - done, &pos);
+
+		if (n < 0) {
+			err = n;
+			break;
+		}
+		if (!n) {		/* never written past here: cannot happen for a slot */
+			err = -EIO;
+			break;
+		}
+		done += n;
+	}
+	memalloc_noio_restore(noio);
+	return err;
+}
+
+static bool sb_is_direct(struct super_block *sb)
+{
+	return sb->s_bdev && (sb->s_magic == EXT4_SUPER_MAGIC || sb->s_magic == XFS_SUPER_MAGIC);
+}
+
+static bool bdev_overlaps_origin(struct cblb_snapshot *s, struct block_device *bdev)
+{
+	sector_t start = bdev->bd_start_sect, end = start + bdev_nr_sectors(bdev);
+
+	return bdev->bd_disk == s->origin_disk && start < s->origin_start + s->origin_sectors &&
+	       end > s->origin_start;
+}
+
+/* FILE: the catalog must not write through anything that reaches the origin. */
+static int store_check_file_backing(struct cblb_store *st)
+{
+	struct cblb_snapshot *s = st->snap;
+	struct inode *real = d_real_inode(st->files[0]->file->f_path.dentry);
+	struct block_device *bdev = real ? real->i_sb->s_bdev : NULL;
+	char top[BDEVNAME_SIZE];
+
+	if (!bdev)
+		return 0;
+	if (bdev_overlaps_origin(s, bdev)) {
+		pr_notice_ratelimited("start %s: catalog %s is on the origin's filesystem, which is not ext4 or xfs; only those can hold their own catalog\n",
+				      s->name, st->catalog_name);
+		return -EOPNOTSUPP;
+	}
+	if (cblb_stack_reaches_origin(s, bdev, top, sizeof(top))) {
+		pr_notice_ratelimited("start %s: catalog %s is on %s, which is stacked on the origin %s; put the catalog on another device\n",
+				      s->name, st->catalog_name, top, s->origin_path);
+		return -ELOOP;
+	}
+	return 0;
+}
+
+/* DIRECT: decide where the store goes; refuse a device stacked on the origin. */
+static int store_check_direct(struct cblb_store *st)
+{
+	struct cblb_snapshot *s = st->snap;
+	char top[BDEVNAME_SIZE];
+
+	st->on_origin = bdev_overlaps_origin(s, st->bdev);
+	if (st->on_origin) {
+		if (st->bdev->bd_start_sect != s->origin_start) {
+			pr_notice_ratelimited("start %s: catalog %s is on %pg, which overlaps the origin %s without being it\n",
+					      s->name, st->catalog_name, st->bdev, s->origin_path);
+			return -ELOOP;
+		}
+		return 0;
+	}
+	if (cblb_stack_reaches_origin(s, st->bdev, top, sizeof(top))) {
+		pr_notice_ratelimited("start %s: catalog %s is on %s, which is stacked on the origin %s; put the catalog on another device\n",
+				      s->name, st->catalog_name, top, s->origin_path);
+		return -ELOOP;
+	}
+	return 0;
+}
+
+/* Make the files that must exist before the freeze: all of them on the origin, else one. */
+static int store_make_first_files(struct cblb_store *st)
+{
+	unsigned int i, n = st->on_origin ? st->max_files : 1;
+	int err;
+
+	for (i = 0; i < n; i++) {
+		err = store_prepare_file(st, i);
+		if (err) {
+			if (st->on_origin)
+				pr_notice_ratelimited("start %s: the catalog is on the origin, so all %u temp files of %llu blocks are made now; file %u failed (%d)\n",
+						      st->snap->name, st->max_files,
+						      st->file_bytes >> SECTOR_SHIFT, i, err);
+			return err;
+		}
+		st->nr_ready = i + 1;
+	}
+	return 0;
+}
+
 int cblb_store_init(struct cblb_snapshot *s, const char *catalog, u64 file_blocks,
 		    u32 max_files)
 {
 	struct cblb_store *st = &s->store;
 	struct super_block *sb;
+	unsigned int i;
 	int err;
 
 	st->snap = s;
@@ -388,41 +627,61 @@ int cblb_store_init(struct cblb_snapshot *s, const char *catalog, u64 file_block
 	if (err)
 		return err;
 	sb = st->catalog.dentry->d_sb;
-	if (!sb->s_bdev || (sb->s_magic != EXT4_SUPER_MAGIC && sb->s_magic != XFS_SUPER_MAGIC)) {
-		err = -EOPNOTSUPP;
-		goto fail_path;
-	}
-	if (cblb_is_snapimage(sb->s_bdev->bd_disk)) {
+	if (sb->s_bdev && cblb_is_snapimage(sb->s_bdev->bd_disk)) {
 		err = -EXDEV;
 		goto fail_path;
 	}
 	if (READ_ONCE(sb->s_writers.frozen) != SB_UNFROZEN) {
-		err = -EBUSY;	/* fallocate would wait for the thaw */
+		err = -EBUSY;	/* file creation would wait for the thaw */
 		goto fail_path;
 	}
-	st->bdev = sb->s_bdev;
-	st->on_origin = st->bdev->bd_dev == s->origin_dev;
 	st->catalog_name = kstrdup(catalog, GFP_KERNEL);
 	st->files = kcalloc(max_files, sizeof(*st->files), GFP_KERNEL);
 	if (!st->catalog_name || !st->files) {
 		err = -ENOMEM;
 		goto fail_alloc;
 	}
-	if (!current->mm) {
-		err = -EOPNOTSUPP;
-		goto fail_alloc;
+	if (sb_is_direct(sb)) {
+		st->kind = CBLB_STORE_DIRECT;
+		st->bdev = sb->s_bdev;
+		err = store_check_direct(st);
+		if (err)
+			goto fail_alloc;
+	} else {
+		st->kind = CBLB_STORE_FILE;
+		st->read_wq = alloc_workqueue("cblb_rd_%s", WQ_UNBOUND | WQ_MEM_RECLAIM, 0,
+					      s->name);
+		if (!st->read_wq) {
+			err = -ENOMEM;
+			goto fail_alloc;
+		}
 	}
-	/* The first file is made here, before the freeze, so that origin writes after the
-	 * point in time never wait for it. */
-	err = store_prepare_file(st, 0);
+	/* Made here, before the freeze, so that origin writes after the point in time never
+	 * wait for them. */
+	err = store_make_first_files(st);
 	if (err)
-		goto fail_alloc;
-	st->nr_ready = 1;
-	if (max_files > 1)
+		goto fail_files;
+	if (st->kind == CBLB_STORE_FILE) {
+		err = store_check_file_backing(st);
+		if (err)
+			goto fail_files;
+	}
+	if (st->kind == CBLB_STORE_DIRECT && st->nr_ready < max_files)
 		st->mm = get_task_mm(current);
 	return 0;
 
+fail_files:
+	for (i = 0; i < max_files; i++) {
+		if (st->files[i]) {
+			store_unlink(st, st->files[i]);
+			store_file_free(st->files[i]);
+		}
+	}
+	st->nr_ready = 0;
 fail_alloc:
+	if (st->read_wq)
+		destroy_workqueue(st->read_wq);
+	st->read_wq = NULL;
 	kfree(st->files);
 	st->files = NULL;
 	kfree(st->catalog_name);
@@ -434,6 +693,20 @@ fail_path:
 	return err;
 }
 
+/*
+ * After the thaw: the names of a store made before the freeze go (the files stay open),
+ * and the preparer starts keeping files ahead.
+ */
+void cblb_store_started(struct cblb_store *st)
+{
+	unsigned int i;
+
+	for (i = 0; i < st->nr_ready; i++)
+		store_unlink(st, st->files[i]);
+	if (st->nr_ready < st->max_files)
+		queue_work(system_unbound_wq, &st->prepare_work);
+}
+
 /* Called once nothing can reach the store any more (tracker gone, worker drained). */
 void cblb_store_exit(struct cblb_store *st)
 {
@@ -442,8 +715,14 @@ void cblb_store_exit(struct cblb_store *st)
 	if (!st->files)
 		return;
 	cancel_work_sync(&st->prepare_work);
-	for (i = 0; i < st->max_files; i++)
+	if (st->read_wq)
+		destroy_workqueue(st->read_wq);
+	st->read_wq = NULL;
+	for (i = 0; i < st->max_files; i++) {
+		if (st->files[i])
+			store_unlink(st, st->files[i]);
 		store_file_free(st->files[i]);
+	}
 	kfree(st->files);
 	st->files = NULL;
 	if (st->mm)

@@ -5,7 +5,8 @@
  * Commands (kmod/doc/INTERFACE.md): "create <dev> <partition> begin end",
  * "start <dev> <catalog> <file size> <max files>", "remove <dev>". One per write();
  * blanks separate words; a trailing newline is accepted. A refused command fails the
- * write() with its errno and logs one rate-limited line saying why.
+ * write() with its errno and logs one rate-limited line saying why. Writing needs
+ * CAP_SYS_ADMIN (EPERM otherwise).
  *
  * Lock story: attribute show() reads snapshot fields without locks (READ_ONCE, atomics);
  * removing a snapshot's kobject waits for running show() calls, and the kobject's
@@ -13,6 +14,7 @@
  */
 #define pr_fmt(fmt) "cblb: " fmt
 
+#include <linux/capability.h>
 #include <linux/kernel.h>
 #include <linux/kobject.h>
 #include <linux/slab.h>
@@ -81,6 +83,9 @@ static ssize_t cmd_store(struct kobject *kobj, struct kobj_attribute *attr, cons
 	char *line;
 	int err;
 
+	/* The file's mode is not enough: a root without CAP_SYS_ADMIN may not snapshot. */
+	if (!capable(CAP_SYS_ADMIN))
+		return -EPERM;
 	if (count >= CMD_MAX) {
 		pr_notice_ratelimited("command longer than %d bytes\n", CMD_MAX - 1);
 		return -EINVAL;
@@ -208,9 +213,15 @@ int cblb_sysfs_add(struct cblb_snapshot *s)
 	return err;
 }
 
-void cblb_sysfs_del(struct cblb_snapshot *s)
+/* Remove the snapshot's folder; returns once no show() of it runs. */
+void cblb_sysfs_hide(struct cblb_snapshot *s)
 {
 	kobject_del(&s->kobj);
+}
+
+/* Drop the registry's reference: the release frees s. After cblb_sysfs_hide(). */
+void cblb_sysfs_del(struct cblb_snapshot *s)
+{
 	kobject_put(&s->kobj);
 }
 

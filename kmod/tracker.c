@@ -15,7 +15,9 @@
  *   (an RCU read-side section), cblb_origin_submit_bio() takes rcu_read_lock();
  *   writers hold cblb_registry_lock and call synchronize_rcu() after deleting.
  * - cblb_redirected counts tasks that were sent to cblb_origin_submit_bio() and have not
- *   left it; module exit waits for zero after unregistering the hook.
+ *   left it; module exit waits for zero after unregistering the hook, then for an RCU
+ *   tasks grace period (no task left on the module's last instructions).
+ * - The hook is FTRACE_OPS_FL_PERMANENT: ftrace cannot be switched off under it.
  * Context: the handler is called from any context that submits bios (process, and
  *   rarely softirq); it never sleeps. cblb_origin_submit_bio() runs in the submitter's
  *   context, possibly inside another driver's submit_bio: it never waits for I/O.
@@ -124,7 +126,9 @@ static void notrace cblb_ftrace_handler(unsigned long ip, unsigned long parent_i
 
 static struct ftrace_ops cblb_ftrace_ops = {
 	.func = cblb_ftrace_handler,
-	.flags = FTRACE_OPS_FL_SAVE_REGS | FTRACE_OPS_FL_IPMODIFY,
+	/* PERMANENT: sysctl kernel.ftrace_enabled=0 is refused while the hook is in place,
+	 * so copy-on-write cannot be switched off under an active snapshot. */
+	.flags = FTRACE_OPS_FL_SAVE_REGS | FTRACE_OPS_FL_IPMODIFY | FTRACE_OPS_FL_PERMANENT,
 };
 
 /* Caller holds cblb_registry_lock. */
@@ -158,6 +162,10 @@ int cblb_tracker_init(void)
 		return err;
 	}
 	err = register_ftrace_function(&cblb_ftrace_ops);
+	if (err == -EBUSY) {
+		pr_err("cannot hook submit_bio_noacct: ftrace is disabled (sysctl kernel.ftrace_enabled=1 first)\n");
+		goto fail_register;
+	}
 	if (err) {
 		pr_err("cannot hook submit_bio_noacct (register: %d); another module may hook it\n",
 		       err);
@@ -175,4 +183,7 @@ void cblb_tracker_exit(void)
 	unregister_ftrace_function(&cblb_ftrace_ops);
 	ftrace_free_filter(&cblb_ftrace_ops);
 	wait_event(cblb_redirect_wq, atomic_read(&cblb_redirected) == 0);
+	/* A redirected task may still be on cblb_origin_submit_bio()'s last instructions,
+	 * even preempted there: wait until every task has passed a voluntary switch. */
+	synchronize_rcu_tasks();
 }

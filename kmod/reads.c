@@ -1,0 +1,101 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Snapshot reads in flight: which origin chunks the snapshot device is reading right now,
+ * so that an origin write waits for exactly the reads of the chunks it overwrites
+ * (kmod/doc/LAYOUTS.md, "Origin writes wait only for the reads they must").
+ *
+ * A piece of a snapshot read that goes to the origin covers a run of uncopied chunks
+ * [first, last]. It is registered (cblb_reads_begin) under read_lock after the index said
+ * "uncopied" under the same lock, and leaves the list when its clone completes. The COW
+ * worker records copied chunks in the index before it asks for overlapping reads, so the
+ * reads it waits for all started earlier and the wait ends.
+ *
+ * Every clone the snapshot device sends (to the origin, the store, or a file read) is
+ * also counted in nr_clones, so that remove can close the device and wait for all of
+ * them (cblb_reads_close).
+ *
+ * Lock story:
+ * - s->read_lock (spinlock, irq-safe: clones complete in any context) protects s->reads
+ *   and s->reads_closed.
+ * - s->nr_clones is atomic; it is raised under read_lock while reads are open, so once
+ *   cblb_reads_close() has set reads_closed no new clone is counted.
+ * Context: begin/end/overlap never sleep (submit and completion paths); wait and close
+ * sleep (COW worker, remove).
+ */
+#include <linux/spinlock.h>
+#include <linux/wait.h>
+#include "cblb.h"
+
+void cblb_reads_init(struct cblb_snapshot *s)
+{
+	spin_lock_init(&s->read_lock);
+	INIT_LIST_HEAD(&s->reads);
+	init_waitqueue_head(&s->read_wq);
+	atomic_set(&s->nr_clones, 0);
+	s->reads_closed = false;
+}
+
+/* Caller holds read_lock and saw reads open. */
+void cblb_reads_begin(struct cblb_snapshot *s, struct cblb_read_range *r, u64 first, u64 last)
+{
+	lockdep_assert_held(&s->read_lock);
+	r->first = first;
+	r->last = last;
+	list_add_tail(&r->node, &s->reads);
+}
+
+/* A counted clone is done; r (may be NULL) leaves the list. Any context. */
+void cblb_reads_end(struct cblb_snapshot *s, struct cblb_read_range *r)
+{
+	unsigned long flags;
+
+	if (r) {
+		spin_lock_irqsave(&s->read_lock, flags);
+		list_del(&r->node);
+		spin_unlock_irqrestore(&s->read_lock, flags);
+	}
+	atomic_dec(&s->nr_clones);
+	if (wq_has_sleeper(&s->read_wq))
+		wake_up_all(&s->read_wq);
+}
+
+static bool reads_overlap_locked(struct cblb_snapshot *s, u64 first, u64 last)
+{
+	struct cblb_read_range *r;
+
+	list_for_each_entry(r, &s->reads, node)
+		if (r->first <= last && r->last >= first)
+			return true;
+	return false;
+}
+
+/* Is a registered read of chunks [first, last] in flight? Any context. */
+bool cblb_reads_overlap(struct cblb_snapshot *s, u64 first, u64 last)
+{
+	unsigned long flags;
+	bool busy;
+
+	/* Always under the lock: a reader between its index check and list_add must be seen. */
+	spin_lock_irqsave(&s->read_lock, flags);
+	busy = reads_overlap_locked(s, first, last);
+	spin_unlock_irqrestore(&s->read_lock, flags);
+	return busy;
+}
+
+/*
+ * Wait until no read of chunks [first, last] that registered before now is in flight.
+ * The caller has recorded those chunks as copied, so no new read of them registers.
+ */
+void cblb_reads_wait(struct cblb_snapshot *s, u64 first, u64 last)
+{
+	wait_event(s->read_wq, !cblb_reads_overlap(s, first, last));
+}
+
+/* remove: from now on reads of the snapshot device fail; wait for every clone sent. */
+void cblb_reads_close(struct cblb_snapshot *s)
+{
+	spin_lock_irq(&s->read_lock);
+	s->reads_closed = true;
+	spin_unlock_irq(&s->read_lock);
+	wait_event(s->read_wq, !atomic_read(&s->nr_clones));
+}

@@ -1,0 +1,190 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Does a block device depend on the origin? The stack walk behind `start`'s ELOOP refusal
+ * (kmod/doc/LAYOUTS.md): a catalog whose writes would reach the origin through dm, md, a
+ * loop device or overlayfs would make every copy need another copy, without end.
+ *
+ * From a device, the walk goes down: the devices its disk is built on
+ * (/sys/class/block/<disk>/slaves/, filled by dm and md), and for a loop device the
+ * filesystem that holds its backing file (/sys/class/block/<disk>/loop/backing_file),
+ * whose device is walked in turn. It stops at the origin (or any device overlapping it),
+ * at CBLB_STACK_DEPTH levels, or after CBLB_STACK_DEVICES devices.
+ *
+ * Lock story: none. Runs in the `start` writer's process context, under
+ * cblb_registry_lock, before the freeze; it opens devices read-only and reads sysfs files.
+ */
+#define pr_fmt(fmt) "cblb: " fmt
+
+#include <linux/blkdev.h>
+#include <linux/dcache.h>
+#include <linux/file.h>
+#include <linux/fs.h>
+#include <linux/kdev_t.h>
+#include <linux/namei.h>
+#include <linux/slab.h>
+#include "cblb.h"
+
+#define CBLB_STACK_DEPTH	8
+#define CBLB_STACK_DEVICES	64
+#define CBLB_STACK_SLAVES	16
+
+struct stack_walk {
+	struct cblb_snapshot *snap;
+	unsigned int visited;
+	char culprit[BDEVNAME_SIZE];	/* the first device on the way down */
+};
+
+struct slave_names {
+	struct dir_context ctx;
+	unsigned int n;
+	char name[CBLB_STACK_SLAVES][BDEVNAME_SIZE];
+};
+
+static bool collect_slave(struct dir_context *ctx, const char *name, int len, loff_t off,
+			  u64 ino, unsigned int type)
+{
+	struct slave_names *sn = container_of(ctx, struct slave_names, ctx);
+
+	if (name[0] == '.' || len >= BDEVNAME_SIZE)
+		return true;
+	if (sn->n == CBLB_STACK_SLAVES)
+		return false;
+	memcpy(sn->name[sn->n], name, len);
+	sn->name[sn->n][len] = '\0';
+	sn->n++;
+	return true;
+}
+
+/* Read a small sysfs text file into buf (NUL-terminated, trailing newline cut). */
+static int read_text(const char *path, char *buf, size_t size)
+{
+	struct file *f = filp_open(path, O_RDONLY, 0);
+	loff_t pos = 0;
+	ssize_t n;
+
+	if (IS_ERR(f))
+		return PTR_ERR(f);
+	n = kernel_read(f, buf, size - 1, &pos);
+	fput(f);
+	if (n < 0)
+		return n;
+	buf[n] = '\0';
+	if (n && buf[n - 1] == '\n')
+		buf[n - 1] = '\0';
+	return 0;
+}
+
+static bool walk_dev(struct stack_walk *w, dev_t dev, unsigned int depth);
+
+/* The filesystem holding path: the device it lives on, overlayfs' upper layer included. */
+static bool walk_path(struct stack_walk *w, const char *name, unsigned int depth)
+{
+	struct path path;
+	struct inode *real;
+	bool hit = false;
+
+	if (kern_path(name, LOOKUP_FOLLOW, &path))
+		return false;
+	real = d_real_inode(path.dentry);
+	if (real && real->i_sb->s_bdev)
+		hit = walk_dev(w, real->i_sb->s_bdev->bd_dev, depth + 1);
+	else if (path.dentry->d_sb->s_bdev)
+		hit = walk_dev(w, path.dentry->d_sb->s_bdev->bd_dev, depth + 1);
+	path_put(&path);
+	return hit;
+}
+
+static bool walk_slaves(struct stack_walk *w, const char *disk, unsigned int depth)
+{
+	struct slave_names *sn;
+	struct file *dir;
+	char *p;
+	unsigned int i;
+	bool hit = false;
+
+	p = kasprintf(GFP_KERNEL, "/sys/class/block/%s/slaves", disk);
+	sn = kzalloc(sizeof(*sn), GFP_KERNEL);
+	if (!p || !sn)
+		goto out;
+	dir = filp_open(p, O_RDONLY | O_DIRECTORY, 0);
+	if (IS_ERR(dir))
+		goto out;
+	sn->ctx.actor = collect_slave;
+	iterate_dir(dir, &sn->ctx);
+	fput(dir);
+	for (i = 0; i < sn->n && !hit; i++) {
+		char devno[24];
+		unsigned int maj, min;
+
+		kfree(p);
+		p = kasprintf(GFP_KERNEL, "/sys/class/block/%s/dev", sn->name[i]);
+		if (!p || read_text(p, devno, sizeof(devno)) ||
+		    sscanf(devno, "%u:%u", &maj, &min) != 2)
+			continue;
+		hit = walk_dev(w, MKDEV(maj, min), depth + 1);
+	}
+out:
+	kfree(sn);
+	kfree(p);
+	return hit;
+}
+
+static bool walk_loop(struct stack_walk *w, const char *disk, unsigned int depth)
+{
+	char *p = kasprintf(GFP_KERNEL, "/sys/class/block/%s/loop/backing_file", disk);
+	char *backing = kmalloc(PATH_MAX, GFP_KERNEL);
+	bool hit = false;
+
+	if (p && backing && !read_text(p, backing, PATH_MAX) && backing[0] == '/')
+		hit = walk_path(w, backing, depth);
+	kfree(backing);
+	kfree(p);
+	return hit;
+}
+
+static bool overlaps_origin(struct cblb_snapshot *s, struct block_device *bdev)
+{
+	sector_t start = bdev->bd_start_sect, end = start + bdev_nr_sectors(bdev);
+
+	return bdev->bd_disk == s->origin_disk && start < s->origin_start + s->origin_sectors &&
+	       end > s->origin_start;
+}
+
+static bool walk_dev(struct stack_walk *w, dev_t dev, unsigned int depth)
+{
+	struct cblb_bdev h = {};
+	char disk[BDEVNAME_SIZE];
+	bool hit;
+
+	if (depth > CBLB_STACK_DEPTH || ++w->visited > CBLB_STACK_DEVICES)
+		return false;
+	if (cblb_bdev_open(dev, &h))
+		return false;
+	if (!w->culprit[0])
+		snprintf(w->culprit, sizeof(w->culprit), "%pg", h.bdev);
+	hit = overlaps_origin(w->snap, h.bdev);
+	strscpy(disk, h.bdev->bd_disk->disk_name, sizeof(disk));
+	cblb_bdev_close(&h);
+	if (hit)
+		return true;
+	return walk_slaves(w, disk, depth) || walk_loop(w, disk, depth);
+}
+
+/**
+ * cblb_stack_reaches_origin - would writes to @bdev reach the origin of @s?
+ * @s:      the snapshot being started
+ * @bdev:   the device the catalog's filesystem lives on
+ * @top:    filled with the name of the device the walk started from
+ *
+ * True when @bdev is the origin or overlaps it, or is built (dm, md, loop, in any mix)
+ * on a device that does. Context: process, may sleep.
+ */
+bool cblb_stack_reaches_origin(struct cblb_snapshot *s, struct block_device *bdev,
+			       char *top, size_t top_size)
+{
+	struct stack_walk w = { .snap = s };
+	bool hit = walk_dev(&w, bdev->bd_dev, 0);
+
+	strscpy(top, w.culprit[0] ? w.culprit : "?", top_size);
+	return hit;
+}
