@@ -5,10 +5,17 @@ It wraps these kernel interfaces (see kmod/doc/INTERFACE.md):
 - ``insmod`` / ``rmmod`` of ``cblb_module.ko`` and ``/sys/module/cblb_module/parameters/total``
 - ``/sys/kernel/cblb/cmd``: the seed's ``create``, ``start`` and ``remove`` commands
 - ``/sys/kernel/cblb/<dev>/*``: one value per file, read into :class:`Snapshot`
-- ``/dev/<dev>``: the read-only snapshot device, mounted with ``ro,noload`` / ``ro,norecovery``
+- ``/dev/<dev>``: the read-only snapshot device, mounted ``ro,nosuid,nodev,noexec`` (plus
+  ``noload`` for ext3/4, ``norecovery`` for xfs); ``noexec`` only when not asked otherwise
 
 The command line, the web page and the benchmarks all go through :class:`Controller`.
-Every refusal is a :class:`~cblb.errors.CblbError` whose message says what to do.
+Every refusal is a :class:`~cblb.errors.CblbError` whose message says what to do. Which
+state allows which step is written once, in :meth:`Snapshot.require`; the page's templates
+and the command line ask it (``s.can_mount``) instead of comparing state names.
+
+The machine itself (sysfs, /dev, the mount table, the programs run) is a :class:`System`;
+:mod:`cblb.fake` gives one with a fake module behind the same files, for host tests and
+``cblb web --standin``.
 """
 
 from __future__ import annotations
@@ -23,12 +30,13 @@ import time
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .errors import CblbError
 
 MODULE_NAME = "cblb_module"
 SYSFS_ROOT = Path("/sys/kernel/cblb")
+MODULE_SYSFS = Path(f"/sys/module/{MODULE_NAME}")
 CHUNK_SIZE = 4096
 SECTOR = 512
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,30}$")
@@ -36,6 +44,9 @@ MAX_FILES = 4096
 MIN_FILE_SIZE = 8
 MAX_FILE_SIZE = 2**31 - 1
 MAX_TOTAL = 255
+# Every snapshot mount: read-only, no set-uid programs, no device files; noexec unless asked.
+MOUNT_BASE = "ro,nosuid,nodev"
+MOUNT_FS_OPTIONS = {"ext4": "noload", "ext3": "noload", "xfs": "norecovery,nouuid"}
 
 
 class SnapshotState(str, Enum):
@@ -50,11 +61,28 @@ class SnapshotState(str, Enum):
     UNKNOWN = "unknown"
 
     @classmethod
-    def parse(cls, text: str) -> "SnapshotState":
+    def parse(cls, text: str) -> SnapshotState:
         try:
             return cls(text.strip())
         except ValueError:
             return cls.UNKNOWN
+
+    @property
+    def can_start(self) -> bool:
+        return self is SnapshotState.CREATED
+
+    @property
+    def can_read(self) -> bool:
+        """The device holds the point in time: it can be mounted and copied."""
+        return self is SnapshotState.ACTIVE
+
+    @property
+    def failed(self) -> bool:
+        return self is SnapshotState.FAILED
+
+
+# What each step needs, written once: (allowed?, message, errno) per step.
+ACTIONS = ("start", "mount", "back up", "compare", "umount", "remove")
 
 
 @dataclass
@@ -84,6 +112,52 @@ class Snapshot:
     @property
     def device(self) -> str:
         return f"/dev/{self.name}"
+
+    # ---- the lifecycle guards: every caller asks these, none compares state names ----
+    @property
+    def can_start(self) -> bool:
+        return self.state.can_start
+
+    @property
+    def can_mount(self) -> bool:
+        return self.state.can_read and not self.mountpoint
+
+    @property
+    def can_back_up(self) -> bool:
+        return self.state.can_read
+
+    @property
+    def can_umount(self) -> bool:
+        return bool(self.mountpoint)
+
+    @property
+    def can_remove(self) -> bool:
+        return not self.mountpoint
+
+    def require(self, action: str) -> None:
+        """Refuse ``action`` (one of ACTIONS) unless this snapshot's state allows it."""
+        st = self.state.value
+        if action == "start" and not self.can_start:
+            raise CblbError(f"{self.name} is already {st}; only a created snapshot can be "
+                            "started", E.EALREADY)
+        if action == "mount":
+            if not self.state.can_read:
+                raise CblbError(f"{self.name} is {st}; only an active snapshot can be mounted",
+                                E.EINVAL)
+            if self.mountpoint:
+                raise CblbError(f"{self.name} is already mounted at {self.mountpoint}", E.EBUSY)
+        if action in ("back up", "compare") and not self.can_back_up:
+            why = f" ({self.error})" if self.error else ""
+            what = "copied" if action == "back up" else "compared with its origin"
+            raise CblbError(f"{self.name} is {st}{why}; only an active snapshot can be {what}",
+                            E.EINVAL)
+        if action == "umount" and not self.can_umount:
+            raise CblbError(f"{self.name} is not mounted", E.EINVAL)
+        if action == "remove" and not self.can_remove:
+            raise CblbError(f"{self.name} is mounted at {self.mountpoint}: unmount it first "
+                            f"(cblb umount {self.name})", E.EBUSY)
+        if action not in ACTIONS:
+            raise ValueError(f"unknown action {action!r}")
 
     @property
     def store_bytes(self) -> int:
@@ -133,9 +207,10 @@ def validate_name(name: str) -> None:
             "starting with a letter or digit (example: shadow-sda2)", E.EINVAL)
 
 
-def check_block_device(path: str) -> os.stat_result:
+def check_block_device(path: str,
+                       stat_fn: Callable[[str], os.stat_result] = os.stat) -> os.stat_result:
     try:
-        st = os.stat(path)
+        st = stat_fn(path)
     except FileNotFoundError:
         raise CblbError(f"{path}: no such device; give a partition such as /dev/sda2", E.ENOENT)
     except PermissionError:
@@ -155,29 +230,36 @@ def block_device_size(path: str) -> int:
         os.close(fd)
 
 
-def mounts() -> list[tuple[str, str, str, str]]:
-    """(major:minor, mountpoint, fstype, source) for every mount, from /proc/self/mountinfo."""
+@dataclass
+class Mount:
+    """One line of /proc/self/mountinfo."""
+
+    dev: str          # major:minor
+    target: str
+    fstype: str
+    source: str
+    options: str      # the mount point's own options (ro,nosuid,nodev,noexec,...)
+
+
+def _unescape(field: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def parse_mountinfo(text: str) -> list[Mount]:
     out = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            parts = line.split()
-            sep = parts.index("-")
-            out.append((parts[2], parts[4].replace("\\040", " "), parts[sep + 1], parts[sep + 2]))
+    for line in text.splitlines():
+        parts = line.split()
+        if "-" not in parts:
+            continue
+        sep = parts.index("-")
+        out.append(Mount(parts[2], _unescape(parts[4]), parts[sep + 1],
+                         _unescape(parts[sep + 2]), parts[5]))
     return out
-
-
-def mountpoint_of_dev(majmin: str) -> str:
-    for dev, mnt, _fs, _src in mounts():
-        if dev == majmin:
-            return mnt
-    return ""
 
 
 def check_start_args(snap: Snapshot, catalog: str, file_size: int, max_files: int) -> str:
     """Refuse what 'start' would refuse, before the kernel sees it; the absolute catalog."""
-    if snap.state is not SnapshotState.CREATED:
-        raise CblbError(f"{snap.name} is already {snap.state.value}; only a created snapshot "
-                        "can be started", E.EALREADY)
+    snap.require("start")
     if not MIN_FILE_SIZE <= file_size <= MAX_FILE_SIZE:
         raise CblbError(f"file size {file_size} is out of range: {MIN_FILE_SIZE}.."
                         f"{MAX_FILE_SIZE} blocks of 512 bytes", E.EINVAL)
@@ -194,18 +276,69 @@ def devnum(st: os.stat_result) -> str:
     return f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
 
 
-def _run(argv: list[str], what: str) -> subprocess.CompletedProcess[str]:
-    try:
+class System:
+    """This machine as the controller sees it: the module's sysfs files, /dev, the mount
+    table and the programs it runs (insmod, rmmod, modinfo, blkid, mount, umount).
+
+    Every method is one kernel interface; :class:`cblb.fake.FakeSystem` answers the same
+    calls from a temporary folder, for host tests and the demo page.
+    """
+
+    def __init__(self, sysfs: Path = SYSFS_ROOT, module_sysfs: Path = MODULE_SYSFS) -> None:
+        self.sysfs = Path(sysfs)
+        self.module_sysfs = Path(module_sysfs)
+
+    def write_command(self, line: str) -> None:
+        """One write(2) of ``line`` to /sys/kernel/cblb/cmd; the module's errno as OSError."""
+        fd = os.open(self.sysfs / "cmd", os.O_WRONLY)
+        try:
+            os.write(fd, line.encode())
+        finally:
+            os.close(fd)
+
+    def run(self, argv: list[str]) -> subprocess.CompletedProcess[str]:
+        """Run a program; FileNotFoundError when it is not installed."""
         return subprocess.run(argv, capture_output=True, text=True, check=False)
+
+    def stat(self, path: str) -> os.stat_result:
+        return os.stat(path)
+
+    def resolve(self, path: str) -> str:
+        """The path with every symbolic link resolved (the device node, the real folder)."""
+        return os.path.realpath(path)
+
+    def mounts(self) -> list[Mount]:
+        with open("/proc/self/mountinfo") as f:
+            return parse_mountinfo(f.read())
+
+    def block_name_taken(self, name: str) -> bool:
+        return Path(f"/sys/class/block/{name}").exists() or os.path.lexists(f"/dev/{name}")
+
+    def module_candidates(self, module_dir: Path | None) -> list[Path]:
+        kver = os.uname().release
+        out = [Path(module_dir) / f"{MODULE_NAME}.ko"] if module_dir else []
+        here = Path(__file__).resolve().parent.parent / "kmod"
+        return out + [here / "build" / kver / f"{MODULE_NAME}.ko", here / f"{MODULE_NAME}.ko",
+                      Path(f"/lib/modules/{kver}/kernel/drivers/block/{MODULE_NAME}.ko"),
+                      Path(f"/lib/modules/{kver}/updates/dkms/{MODULE_NAME}.ko")]
+
+
+def _run(system: System, argv: list[str], what: str) -> subprocess.CompletedProcess[str]:
+    try:
+        return system.run(argv)
     except FileNotFoundError:
-        raise CblbError(f"{what}: {argv[0]} not found; install it (see README.md)", E.ENOENT)
+        raise CblbError(f"{what}: {argv[0]} not found; install it (see README.md)",
+                        E.ENOENT) from None
 
 
 class Controller:
-    """Drives cblb_module through sysfs. ``root`` is /sys/kernel/cblb."""
+    """Drives cblb_module through sysfs. ``root`` is /sys/kernel/cblb; ``system`` the machine
+    (default: this one, with ``root`` as its sysfs folder)."""
 
-    def __init__(self, root: Path = SYSFS_ROOT, module_dir: Path | None = None) -> None:
-        self.root = Path(root)
+    def __init__(self, root: Path = SYSFS_ROOT, module_dir: Path | None = None,
+                 system: System | None = None) -> None:
+        self.system = system or System(Path(root))
+        self.root = self.system.sysfs
         self.module_dir = module_dir
 
     # ---- module -----------------------------------------------------------------
@@ -218,63 +351,60 @@ class Controller:
                             "insmod cblb_module.ko total=N) first", E.ENODEV)
 
     def total(self) -> int:
-        p = Path(f"/sys/module/{MODULE_NAME}/parameters/total")
+        p = self.system.module_sysfs / "parameters" / "total"
         return int(p.read_text()) if p.exists() else 0
 
     def version(self) -> str:
-        p = Path(f"/sys/module/{MODULE_NAME}/version")
+        p = self.system.module_sysfs / "version"
         return p.read_text().strip() if p.exists() else ""
 
     def find_module(self) -> Path:
         """The .ko for the running kernel: the checkout's kmod/ build, else the installed one."""
         kver = os.uname().release
-        candidates = []
-        if self.module_dir:
-            candidates.append(Path(self.module_dir) / f"{MODULE_NAME}.ko")
-        here = Path(__file__).resolve().parent.parent / "kmod"
-        candidates += [here / "build" / kver / f"{MODULE_NAME}.ko", here / f"{MODULE_NAME}.ko",
-                       Path(f"/lib/modules/{kver}/kernel/drivers/block/{MODULE_NAME}.ko"),
-                       Path(f"/lib/modules/{kver}/updates/dkms/{MODULE_NAME}.ko")]
-        for c in candidates:
+        for c in self.system.module_candidates(self.module_dir):
             if c.exists() and self._ko_matches(c, kver):
                 return c
         raise CblbError(f"no {MODULE_NAME}.ko built for kernel {kver}; run "
                         f"'make -C kmod KVER={kver}' or 'sudo ./install make && sudo ./install install'",
                         E.ENOENT)
 
-    @staticmethod
-    def _ko_matches(ko: Path, kver: str) -> bool:
-        r = subprocess.run(["modinfo", "-F", "vermagic", str(ko)], capture_output=True, text=True)
-        if r.returncode != 0:
+    def _ko_matches(self, ko: Path, kver: str) -> bool:
+        try:
+            r = self.system.run(["modinfo", "-F", "vermagic", str(ko)])
+        except FileNotFoundError:
             return True  # no modinfo: let insmod decide
+        if r.returncode != 0:
+            return True
         return r.stdout.split(" ")[0].strip() == kver
 
-    def load(self, total: int = 4, ko: Path | None = None) -> None:
-        """insmod cblb_module.ko total=N."""
+    def load(self, total: int = 4, ko: Path | None = None) -> bool:
+        """insmod cblb_module.ko total=N. False when it was already loaded with that total."""
         if not 1 <= total <= MAX_TOTAL:
             raise CblbError(f"total={total} is out of range: choose 1..{MAX_TOTAL}", E.EINVAL)
         if self.loaded():
             cur = self.total()
             if cur == total:
-                return
+                return False
             raise CblbError(f"the module is already loaded with total={cur}; "
                             "'cblb unload' first to change it", E.EEXIST)
         ko = ko or self.find_module()
-        r = _run(["insmod", str(ko), f"total={total}"], "load")
+        r = _run(self.system, ["insmod", str(ko), f"total={total}"], "load")
         if r.returncode != 0:
             raise CblbError(f"insmod {ko} failed: {r.stderr.strip() or r.stdout.strip()}", E.EIO)
+        return True
 
-    def unload(self) -> None:
-        """rmmod cblb_module; refused while snapshots exist."""
+    def unload(self) -> bool:
+        """rmmod cblb_module; refused while snapshots exist. False when it was not loaded."""
         if not self.loaded():
-            return
+            return False
         snaps = self.snapshots()
         if snaps:
             names = ", ".join(s.name for s in snaps)
             raise CblbError(f"snapshots still exist ({names}); 'cblb remove' them first", E.EBUSY)
-        r = _run(["rmmod", MODULE_NAME], "unload")
+        r = _run(self.system, ["rmmod", MODULE_NAME], "unload")
         if r.returncode != 0:
             raise CblbError(f"rmmod {MODULE_NAME} failed: {r.stderr.strip()}", E.EBUSY)
+        return True
 
     # ---- state ------------------------------------------------------------------
     def names(self) -> list[str]:
@@ -323,30 +453,35 @@ class Controller:
         snap = Snapshot(name=d.name, state=SnapshotState.parse(rd("state")), store_extents=ext, **kw)
         if snap.state in (SnapshotState.ACTIVE, SnapshotState.FAILED):
             try:
-                snap.mountpoint = mountpoint_of_dev(devnum(os.stat(snap.device)))
+                snap.mountpoint = self._mountpoint_of(devnum(self.system.stat(snap.device)))
             except OSError:
                 pass
         return snap
+
+    def _mountpoint_of(self, majmin: str) -> str:
+        for m in self.system.mounts():
+            if m.dev == majmin:
+                return m.target
+        return ""
 
     # ---- commands ---------------------------------------------------------------
     def _cmd(self, line: str, explain: dict[int, str]) -> None:
         self.require_loaded()
         try:
-            fd = os.open(self.root / "cmd", os.O_WRONLY)
+            self.system.write_command(line)
         except PermissionError:
-            raise CblbError("permission denied writing /sys/kernel/cblb/cmd; run as root", E.EACCES)
-        try:
-            os.write(fd, line.encode())
+            raise CblbError("permission denied writing /sys/kernel/cblb/cmd; run as root",
+                            E.EACCES) from None
         except OSError as e:
             msg = explain.get(e.errno or 0) or f"the module refused '{line}': {os.strerror(e.errno or 0)}"
             raise CblbError(msg, e.errno or 0) from None
-        finally:
-            os.close(fd)
 
     def create(self, name: str, origin: str) -> Snapshot:
-        """create <name> <origin> begin end."""
+        """create <name> <origin> begin end; the origin goes to the module as its device node
+        (a /dev/disk/by-* link is resolved first, so the module sees what was checked)."""
         validate_name(name)
-        st = check_block_device(origin)
+        st = check_block_device(origin, self.system.stat)
+        node = self.system.resolve(origin)
         self.require_loaded()
         for s in self.snapshots():
             if s.name == name:
@@ -355,9 +490,9 @@ class Controller:
             if s.origin_dev == devnum(st):
                 raise CblbError(f"{origin} already has a snapshot ({s.name}); "
                                 "one snapshot per origin", E.EBUSY)
-        if Path(f"/sys/class/block/{name}").exists() or os.path.lexists(f"/dev/{name}"):
+        if self.system.block_name_taken(name):
             raise CblbError(f"/dev/{name} already exists; choose another name", E.EEXIST)
-        self._cmd(f"create {name} {origin} begin end", {
+        self._cmd(f"create {name} {node} begin end", {
             E.EINVAL: f"the module refused the name {name!r} or origin {origin}",
             E.ENOENT: f"{origin}: no such block device",
             E.ENOTBLK: f"{origin} is not a block device",
@@ -403,10 +538,7 @@ class Controller:
 
     def remove(self, name: str) -> None:
         """remove <name>: refused while /dev/<name> is mounted or open."""
-        snap = self.snapshot(name)
-        if snap.mountpoint:
-            raise CblbError(f"{name} is mounted at {snap.mountpoint}: unmount it first "
-                            f"(cblb umount {name})", E.EBUSY)
+        self.snapshot(name).require("remove")
         self._cmd(f"remove {name}", {
             E.ENOENT: f"no snapshot named {name}",
             E.EBUSY: f"/dev/{name} is open by a process (mounted or being read); close it first",
@@ -414,38 +546,61 @@ class Controller:
 
     # ---- mounting ---------------------------------------------------------------
     def fstype(self, device: str) -> str:
-        r = _run(["blkid", "-p", "-o", "value", "-s", "TYPE", device], "blkid")
+        r = _run(self.system, ["blkid", "-p", "-o", "value", "-s", "TYPE", device], "blkid")
         return r.stdout.strip()
 
-    def mount(self, name: str, target: str) -> str:
-        """mount -o ro,noload (ext*) or ro,norecovery (xfs) /dev/<name> <target>."""
-        snap = self.snapshot(name)
-        if snap.state is not SnapshotState.ACTIVE:
-            raise CblbError(f"{name} is {snap.state.value}; only an active snapshot can be "
-                            "mounted", E.EINVAL)
-        if snap.mountpoint:
-            raise CblbError(f"{name} is already mounted at {snap.mountpoint}", E.EBUSY)
-        Path(target).mkdir(parents=True, exist_ok=True)
-        fs = self.fstype(snap.device)
-        opts = {"ext4": "ro,noload", "ext3": "ro,noload", "ext2": "ro",
-                "xfs": "ro,norecovery,nouuid"}.get(fs, "ro")
-        argv = ["mount", "-o", opts] + (["-t", fs] if fs else []) + [snap.device, target]
-        r = _run(argv, "mount")
-        if r.returncode != 0:
-            raise CblbError(f"mount {snap.device} on {target} failed: {r.stderr.strip()}", E.EIO)
-        return target
+    @staticmethod
+    def mount_options(fstype: str, allow_exec: bool = False) -> str:
+        """ro,nosuid,nodev[,noexec] plus what replays no journal on a read-only device."""
+        opts = [MOUNT_BASE] + ([] if allow_exec else ["noexec"])
+        if fstype in MOUNT_FS_OPTIONS:
+            opts.append(MOUNT_FS_OPTIONS[fstype])
+        return ",".join(opts)
 
-    def umount(self, name_or_dir: str) -> None:
-        target = name_or_dir
-        if NAME_RE.fullmatch(name_or_dir) and (self.root / name_or_dir).is_dir():
+    def mount(self, name: str, target: str, allow_exec: bool = False) -> str:
+        """mount -o ro,nosuid,nodev,noexec,... /dev/<name> <target>; returns the folder mounted.
+
+        ``target`` is resolved once, and that resolved folder is the one created, checked and
+        mounted: a symbolic link swapped in between cannot send the mount elsewhere.
+        """
+        snap = self.snapshot(name)
+        snap.require("mount")
+        real = self.system.resolve(target)
+        if os.path.lexists(real) and not os.path.isdir(real):
+            raise CblbError(f"{target} exists and is not a folder", E.ENOTDIR)
+        Path(real).mkdir(parents=True, exist_ok=True)
+        if self.system.resolve(real) != real:
+            raise CblbError(f"{target} changed while it was being prepared (a symbolic link "
+                            "appeared); try again", E.EAGAIN)
+        fs = self.fstype(snap.device)
+        argv = (["mount", "-o", self.mount_options(fs, allow_exec)] + (["-t", fs] if fs else [])
+                + [snap.device, real])
+        r = _run(self.system, argv, "mount")
+        if r.returncode != 0:
+            raise CblbError(f"mount {snap.device} on {real} failed: {r.stderr.strip()}", E.EIO)
+        return real
+
+    def mounted_snapshot(self, name_or_dir: str) -> Snapshot:
+        """The snapshot named ``name_or_dir``, or the one mounted on that folder; refused for
+        any other mount (umount(8) is the tool for those)."""
+        if NAME_RE.fullmatch(name_or_dir) and (self.root / name_or_dir / "state").exists():
             snap = self.snapshot(name_or_dir)
-            if not snap.mountpoint:
-                return
-            target = snap.mountpoint
+            snap.require("umount")
+            return snap
+        real = self.system.resolve(name_or_dir)
+        for s in self.snapshots():
+            if s.mountpoint and self.system.resolve(s.mountpoint) == real:
+                return s
+        raise CblbError(f"{name_or_dir} is not a cblb snapshot's mount ('cblb list' shows "
+                        "them); use umount(8) for other mounts", E.EINVAL)
+
+    def umount(self, name_or_dir: str) -> str:
+        """umount the snapshot named ``name_or_dir`` or mounted there; returns the folder."""
+        target = self.mounted_snapshot(name_or_dir).mountpoint
         for attempt in range(10):
-            r = _run(["umount", target], "umount")
+            r = _run(self.system, ["umount", target], "umount")
             if r.returncode == 0:
-                return
+                return target
             if "busy" not in r.stderr:
                 break
             time.sleep(0.2 * (attempt + 1))

@@ -32,6 +32,7 @@ from typing import Callable, Iterable, Iterator
 import xxhash
 
 from .errors import CblbError
+from .units import parse_bytes
 
 try:
     from . import _blockhash as _ext
@@ -74,15 +75,7 @@ def check_block_size(block_size: int) -> int:
 
 def parse_size(text: str) -> int:
     """'4096', '4k', '4KiB', '1M' -> bytes (binary multiples)."""
-    t = text.strip().lower().removesuffix("ib").removesuffix("b")
-    mult = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}.get(t[-1:], 1)
-    if mult != 1:
-        t = t[:-1]
-    try:
-        return int(t) * mult
-    except ValueError:
-        raise CblbError(f"cannot read {text!r} as a size; write e.g. 4096, 4k or 1M",
-                        E.EINVAL) from None
+    return parse_bytes(text)
 
 
 def new(algorithm: str = DEFAULT_ALGORITHM, data: bytes | None = None):

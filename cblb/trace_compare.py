@@ -17,7 +17,7 @@ import subprocess
 from pathlib import Path
 from typing import Any, Callable
 
-from .control import Controller, mountpoint_of_dev
+from .control import Controller
 from .errors import CblbError
 from . import trace as _trace
 from .trace import Tracer, resolve_device
@@ -96,7 +96,7 @@ def compare(device: str, catalog: str, ctl: Controller, *, fio_args: list[str] |
                             "its own: remove it first", E.EBUSY)
     made_file = False
     if target is None:
-        mnt = mountpoint_of_dev(majmin)
+        mnt = next((m.target for m in ctl.system.mounts() if m.dev == majmin), "")
         if not mnt:
             raise CblbError(f"{devpath} is not mounted: give --fio-target (a file on it, or "
                             "the device itself, whose data fio will overwrite)", E.EINVAL)

@@ -297,16 +297,13 @@ def diff_snapshot(ctl: Controller, name: str, direct: bool = True, threads: int 
                   progress: Progress | None = None) -> SnapshotDiff:
     """Hash /dev/<name> against its origin in the module's chunk size and cross-check."""
     snap = ctl.snapshot(name)
-    if snap.state is not SnapshotState.ACTIVE:
-        raise CblbError(f"{name} is {snap.state.value}"
-                        + (f" ({snap.error})" if snap.error else "")
-                        + "; only an active snapshot can be compared with its origin", E.EINVAL)
+    snap.require("compare")
     chunk = snap.chunk_size or 4096
     with Source.open(snap.device, direct) as s, Source.open(snap.origin, direct) as o, \
             Engine(chunk, DEFAULT_ALGORITHM, threads) as eng:
         cmp = compare(eng, s, o, progress)
     after = ctl.snapshot(name)
-    if after.state is not SnapshotState.ACTIVE:
+    if not after.state.can_read:
         raise CblbError(f"{name} became {after.state.value} during the comparison"
                         + (f" ({after.error})" if after.error else ""), E.EIO)
     return account(name, snap.origin, cmp, chunk, snap.cow_chunks, after.cow_chunks,

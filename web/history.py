@@ -92,7 +92,7 @@ class History:
             alive = set()
             for s in snaps:
                 alive.add(s.name)
-                if s.state.value == "created":
+                if s.can_start:
                     continue  # nothing copied before start
                 if self._epoch.get(s.name) != s.start_time_ns:
                     self._epoch[s.name] = s.start_time_ns

@@ -291,7 +291,7 @@ class Runner:
             return {"cow_bytes": s.cow_bytes, "cow_chunks": s.cow_chunks,
                     "files_used": s.files_used, "index_bytes": s.index_bytes,
                     "start_latency_us": s.start_latency_us, "failed": float(
-                        s.state is SnapshotState.FAILED)}
+                        s.state.failed)}
         data, meta = handle[1].cow_bytes()
         return {"cow_bytes": data, "cow_meta_bytes": meta,
                 "cow_chunks": data / (handle[1].chunk * 512)}
@@ -424,7 +424,7 @@ class Runner:
         m.update({"start_latency_us": s.start_latency_us, "start_wall_us": wall_us,
                   "files_used": s.files_used, "cow_bytes": s.cow_bytes,
                   "cow_per_byte": s.cow_bytes / r.write_bytes if r.write_bytes else 0.0,
-                  "failed": float(s.state is SnapshotState.FAILED)})
+                  "failed": float(s.state.failed)})
         self.record("filesize", "cblb", m, workload="rand4k", phase="first", rep=rep,
                     file_size=file_size, max_files=mf, info={"growth": growth,
                                                             "fio_args": r.argv})
@@ -457,7 +457,7 @@ class Runner:
         self.cleanup_snapshots()
         m.update({"files_used": s.files_used, "cow_bytes": s.cow_bytes,
                   "store_bytes": s.store_bytes,
-                  "failed": float(s.state is SnapshotState.FAILED)})
+                  "failed": float(s.state.failed)})
         self.record("maxfiles", "cblb", m, workload="rand4k", phase="first", rep=0,
                     file_size=fsz, max_files=max_files,
                     info={"state": s.state.value, "error": s.error, "fio_error": err,

@@ -23,10 +23,7 @@ def _backup(args: argparse.Namespace, ctl: Controller) -> int:
         source = args.snapshot
     elif NAME_RE.match(args.snapshot):
         snap = ctl.snapshot(args.snapshot)
-        if snap.state is not SnapshotState.ACTIVE:
-            raise CblbError(f"{snap.name} is {snap.state.value}"
-                            + (f" ({snap.error})" if snap.error else "")
-                            + "; only an active snapshot can be copied", E.EINVAL)
+        snap.require("back up")
         source = snap.device
         identity = {"snapshot": snap.name, "origin": snap.origin,
                     "start_time_ns": snap.start_time_ns}
