@@ -568,7 +568,11 @@ class Controller:
         real = self.system.resolve(target)
         if os.path.lexists(real) and not os.path.isdir(real):
             raise CblbError(f"{target} exists and is not a folder", E.ENOTDIR)
-        Path(real).mkdir(parents=True, exist_ok=True)
+        try:
+            Path(real).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise CblbError(f"cannot create the mount folder {real}: {e.strerror}",
+                            e.errno or 0) from None
         if self.system.resolve(real) != real:
             raise CblbError(f"{target} changed while it was being prepared (a symbolic link "
                             "appeared); try again", E.EAGAIN)

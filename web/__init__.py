@@ -2,14 +2,25 @@
 
 ``create_app(test_config=None)`` builds the application. Blueprints, one per concern:
 
-- ``auth``      access token, login form, CSRF and Host checks (web/auth.py)
+- ``auth``      access token (on every bind), login form, CSRF and Host checks (web/auth.py)
 - ``devices``   the page, the live devices table, /api/status and the SSE stream
 - ``lifecycle`` load / create / start / mount / unmount / remove, each a POST
 - ``charts``    origin throughput and latency, temp-file growth, as inline SVG partials
 - ``metrics``   /metrics in the Prometheus text format
 
-Everything that touches the kernel goes through ``app.config["CBLB_CONTROLLER"]`` (default
-:class:`cblb.control.Controller`), so tests inject a stand-in with the same methods.
+Everything that touches the kernel goes through ``app.config["CBLB_CONTROLLER"]``, a
+:class:`cblb.control.Controller`; tests and ``cblb web --standin`` give it a
+:class:`cblb.fake.FakeSystem`, so the page always runs the control library's own rules. The
+page's own rules (where it mounts, where it keeps temp files) are in web/policy.py.
+
+Settings for the page (``create_app({...})``, set by ``cblb web`` from its options):
+
+- ``CBLB_TOKEN`` or ``CBLB_TOKEN_FILE``: the access token, or the file holding it (read
+  again whenever it changes); one of them is required
+- ``CBLB_CHECK_HOST``: answer only to loopback Host names (``cblb web`` sets it when bound
+  to loopback); ``CBLB_ALLOWED_HOSTS`` adds names
+- ``CBLB_CATALOG_ROOTS``: the folders temp files may go in (default /var/lib/cblb, /var/tmp)
+- ``CBLB_MOUNT_ROOTS``: the folders snapshots may be mounted under
 """
 
 from __future__ import annotations
@@ -35,16 +46,19 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         SESSION_COOKIE_SAMESITE="Strict",
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_NAME="cblb_session",
+        PERMANENT_SESSION_LIFETIME=12 * 3600,
         MAX_CONTENT_LENGTH=64 * 1024,
         CBLB_CONTROLLER=None,          # default: cblb.control.Controller()
         CBLB_SAMPLER=None,             # callable -> [sample, ...]; default: /proc/diskstats
-        CBLB_REQUIRE_TOKEN=False,      # True when bound to a non-loopback address
-        CBLB_TOKEN="",
-        CBLB_ALLOWED_HOSTS=(),         # extra Host names accepted in loopback mode
+        CBLB_TOKEN="",                 # the access token, or
+        CBLB_TOKEN_FILE=None,          # the file holding it (re-read when it changes)
+        CBLB_CHECK_HOST=True,          # bound to loopback: refuse other Host names
+        CBLB_ALLOWED_HOSTS=(),         # extra Host names accepted then
         CBLB_HISTORY_INTERVAL=2.0,     # seconds between samples for the charts
         CBLB_HISTORY_POINTS=900,       # samples kept per series (30 min at 2 s)
         CBLB_SSE_INTERVAL=2.0,         # seconds between live updates
         CBLB_SSE_MAX_ROUNDS=0,         # 0: stream until the browser goes away (tests: 1)
+        CBLB_CATALOG_ROOTS=("/var/lib/cblb", "/var/tmp"),
         CBLB_DEFAULT_CATALOG="/var/tmp",
         CBLB_DEFAULT_FILE_MIB=64,
         CBLB_DEFAULT_MAX_FILES=64,
@@ -56,8 +70,10 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         app.config.update(test_config)
     if app.testing and "CBLB_SSE_MAX_ROUNDS" not in (test_config or {}):
         app.config["CBLB_SSE_MAX_ROUNDS"] = 1   # the test client reads a stream to its end
-    if app.config["CBLB_REQUIRE_TOKEN"] and len(app.config["CBLB_TOKEN"] or "") < 16:
-        raise ValueError("CBLB_REQUIRE_TOKEN is set but no access token (CBLB_TOKEN) was given")
+    from .auth import TokenSource
+
+    app.extensions["cblb_token"] = TokenSource(app.config["CBLB_TOKEN"] or "",
+                                               app.config["CBLB_TOKEN_FILE"])
 
     if app.config["CBLB_CONTROLLER"] is None:
         from cblb.control import Controller

@@ -1,8 +1,10 @@
 """`cblb web`: serve the browser control page (web/, Flask + htmx).
 
-Bound to loopback (the default, 127.0.0.1:8470) the page needs no token but answers only to
-loopback Host names. Bound to any other address every request needs the access token,
-generated on first start into the token file (mode 0600) and printed that once.
+The page runs as root, so on every address, loopback included, it asks for the access token:
+generated on first start into the token file (mode 0600, root only) and printed that once.
+``--rotate-token`` replaces it; a running server takes the new one at its next request and
+every session logged in with the old one must log in again. Bound to loopback (the default,
+127.0.0.1:8470) it also answers only to loopback Host names.
 """
 
 from __future__ import annotations
@@ -10,13 +12,23 @@ from __future__ import annotations
 import argparse
 import errno as E
 import ipaddress
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from ..errors import CblbError
+from ..output import emit_json
 
 DEFAULT_PORT = 8470
+
+
+def bind_arg(text: str) -> tuple[str, int]:
+    """--bind's type: a bad address is a usage error (exit 2)."""
+    try:
+        return parse_bind(text)
+    except CblbError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def parse_bind(text: str) -> tuple[str, int]:
@@ -66,60 +78,108 @@ def _serve(app: Any, host: str, port: int, threads: int) -> None:
     serve(app, host=host, port=port, threads=threads, ident="cblb", channel_timeout=30)
 
 
+def _demo_config(config: dict[str, Any]) -> None:
+    """`--standin`: the real Controller over a fake module (cblb.fake) in a temporary folder;
+    catalogs and mounts go to folders inside it, nothing on this machine is touched."""
+    from ..control import Controller
+    from ..fake import FakeSystem
+
+    fake = FakeSystem(grow_bytes_per_s=1.5e6)
+    for d in ("catalog", "mnt"):
+        (fake.base / d).mkdir()
+    config.update(CBLB_CONTROLLER=Controller(system=fake), CBLB_SAMPLER=fake.write_samples,
+                  CBLB_CATALOG_ROOTS=(str(fake.base / "catalog"),),
+                  CBLB_DEFAULT_CATALOG=str(fake.base / "catalog"),
+                  CBLB_MOUNT_ROOTS=(str(fake.base / "mnt"),))
+
+
+def _token_file(args: argparse.Namespace) -> Path:
+    from web.auth import default_token_file
+
+    return Path(args.token_file) if args.token_file else default_token_file()
+
+
+def _rotate(args: argparse.Namespace) -> int:
+    from web.auth import rotate_token
+
+    path = _token_file(args)
+    try:
+        token = rotate_token(path)
+    except OSError as e:
+        raise CblbError(f"cannot write the token file {path}: {e.strerror}", e.errno or 0) from None
+    if args.json:
+        emit_json({"token_file": str(path), "token": token})
+        return 0
+    print(f"new access token (stored in {path}, mode 0600):\n  {token}\n"
+          "a running 'cblb web' takes it at its next request; sessions logged in with the "
+          "old token must log in again")
+    return 0
+
+
 def _web(args: argparse.Namespace, ctl: Any) -> int:
+    if args.rotate_token:
+        return _rotate(args)
     from web import create_app
-    from web.auth import default_token_file, ensure_token, is_loopback
+    from web.auth import ensure_token, is_loopback
 
-    host, port = parse_bind(args.bind)
-    config: dict[str, Any] = {"CBLB_CONTROLLER": ctl}
+    host, port = args.bind
+    path = _token_file(args)
+    try:
+        token, created = ensure_token(path)
+    except (OSError, ValueError) as e:
+        raise CblbError(f"cannot use the token file {path}: {e}", E.EACCES) from None
+    config: dict[str, Any] = {"CBLB_CONTROLLER": ctl, "CBLB_TOKEN_FILE": path,
+                              "CBLB_CHECK_HOST": is_loopback(host)}
     if args.standin:
-        from web.standin import StandInController, StandInSampler
-
-        stand = StandInController(grow_bytes_per_s=1.5e6)
-        config.update(CBLB_CONTROLLER=stand, CBLB_SAMPLER=StandInSampler(stand))
+        _demo_config(config)
+    if args.catalog_root:
+        config["CBLB_CATALOG_ROOTS"] = tuple(os.path.abspath(d) for d in args.catalog_root)
     if args.catalog:
         config["CBLB_DEFAULT_CATALOG"] = args.catalog
-    token_note = ""
-    if not is_loopback(host):
-        path = Path(args.token_file) if args.token_file else default_token_file()
-        try:
-            token, created = ensure_token(path)
-        except (OSError, ValueError) as e:
-            raise CblbError(f"cannot use the token file {path}: {e}", E.EACCES) from None
-        config.update(CBLB_REQUIRE_TOKEN=True, CBLB_TOKEN=token)
-        if created:
-            token_note = (f"access token (shown this once; stored in {path}, mode 0600):\n"
-                          f"  {token}")
-        else:
-            token_note = f"access token: the one stored in {path} (root only)"
     app = create_app(config)
-    print(f"cblb web: serving {_url(host, port)}" + (" (stand-in controller, no kernel)"
+    print(f"cblb web: serving {_url(host, port)}" + (" (demo: fake module, no kernel)"
                                                      if args.standin else ""))
-    if token_note:
-        print(token_note)
+    if created:
+        print(f"log in with this access token (shown this once; stored in {path}, mode 0600):\n"
+              f"  {token}")
     else:
-        print("bound to loopback: no token needed; use --bind 0.0.0.0:PORT (with a token) to "
-              "reach it from elsewhere, or an SSH tunnel")
+        print(f"log in with the access token stored in {path} (root only: sudo cat {path}); "
+              "'cblb web --rotate-token' replaces it")
+    if is_loopback(host):
+        print("bound to loopback: reach it from elsewhere through an SSH tunnel "
+              f"(ssh -L {port}:127.0.0.1:{port} HOST), or --bind 0.0.0.0:PORT")
     sys.stdout.flush()
     try:
         _serve(app, host, port, args.threads)
     except OSError as e:
-        raise CblbError(f"cannot listen on {host}:{port}: {e.strerror or e}", e.errno or 0)
+        raise CblbError(f"cannot listen on {host}:{port}: {e.strerror or e}", e.errno or 0) from None
     finally:
         app.extensions["cblb_history"].stop()
     return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("web", help="serve the browser control page (default 127.0.0.1:8470)")
-    p.add_argument("--bind", default=f"127.0.0.1:{DEFAULT_PORT}", metavar="HOST:PORT",
-                   help="address to listen on (default %(default)s); any non-loopback "
-                        "address requires the access token")
+    p = sub.add_parser("web", help="serve the browser control page (default 127.0.0.1:8470)",
+                       description="Serve the browser control page. Every request needs the "
+                       "access token (the login form, or Authorization: Bearer TOKEN), on "
+                       "loopback too: the page runs as root.")
+    p.add_argument("--bind", type=bind_arg, default=(("127.0.0.1", DEFAULT_PORT)),
+                   metavar="HOST:PORT",
+                   help=f"address to listen on (default 127.0.0.1:{DEFAULT_PORT}); a bad "
+                        "address exits with 2")
     p.add_argument("--token-file", metavar="PATH",
                    help="where the access token is kept (default /var/lib/cblb/web-token)")
+    p.add_argument("--rotate-token", action="store_true",
+                   help="replace the access token, print the new one and exit; a running "
+                        "server logs every session out")
+    p.add_argument("--json", action="store_true", help="with --rotate-token: machine-readable")
+    p.add_argument("--catalog-root", metavar="DIR", action="append",
+                   help="a folder the page may keep temp files in (repeat; default "
+                        "/var/lib/cblb and /var/tmp)")
     p.add_argument("--catalog", metavar="DIR", help="default catalog shown in the start form")
     p.add_argument("--threads", type=int, default=16,
                    help="server threads (each open page holds one; default 16)")
     p.add_argument("--standin", action="store_true",
-                   help="drive an in-memory stand-in instead of the kernel (to look at the page)")
+                   help="demo: the real control library over a fake module in a temporary "
+                        "folder, no kernel (to look at the page)")
     p.set_defaults(func=_web)

@@ -1,8 +1,9 @@
 """Host tests of the web page (web/): every route, refused input, CSRF, the access token.
 
-The kernel is replaced by web.standin.StandInController, which refuses what the real
-control library refuses (same validation functions, same errno) and records every call
-that reached it, so a test can check that refused input never got that far.
+The page drives the real cblb.control.Controller; only the machine under it is fake
+(cblb.fake.FakeSystem: the module's sysfs files in a temporary folder, a fake kernel behind
+its cmd file, fake mount/umount). So every message asserted here is the control library's
+own, and ``fake.commands`` / ``fake.programs`` show what reached the "kernel".
 """
 
 from __future__ import annotations
@@ -11,25 +12,52 @@ import html
 import os
 import re
 import stat
-import time
 
 import pytest
 
 from cblb.commands import web as web_cmd
+from cblb.control import Controller
 from cblb.errors import CblbError
+from cblb.fake import FakeSystem
 from web import create_app
-from web.auth import ensure_token
+from web.auth import ensure_token, rotate_token, safe_next
 from web.history import GrowthPoint, project
 from web.sampler import DiskstatsSampler
-from web.standin import StandInController, StandInSampler
 from web.svg import Chart, Series, render
 
 TOKEN = "t0k3n-for-tests-only-0123456789abcdef"
 
 
 @pytest.fixture
-def web_ctl():
-    return StandInController(loaded=True, total=4)   # no growth: states change only on request
+def fake(tmp_path):
+    return FakeSystem(tmp_path / "fake", loaded=True, total=4)   # no growth: states change
+                                                                  # only on request
+
+
+@pytest.fixture
+def web_ctl(fake):
+    return Controller(system=fake)
+
+
+def fake_ctl(tmp_path, **kw) -> Controller:
+    return Controller(system=FakeSystem(tmp_path / "fake2", **kw))
+
+
+def make_app(ctl, **config):
+    return create_app({"TESTING": True, "CBLB_CONTROLLER": ctl, "CBLB_TOKEN": TOKEN, **config})
+
+
+def login(client, token=TOKEN, nxt="/"):
+    """Log in through the form, as a browser does; returns the login POST's response."""
+    page = client.get("/login", headers={"Accept": "text/html"})
+    tok = re.search(r'name="csrf_token" value="([^"]+)"', page.get_data(as_text=True)).group(1)
+    return client.post("/login", data={"token": token, "csrf_token": tok, "next": nxt})
+
+
+def logged_in(app):
+    c = app.test_client()
+    assert login(c).status_code == 303
+    return c
 
 
 @pytest.fixture
@@ -47,17 +75,15 @@ def web_catalog(tmp_path):
 
 
 @pytest.fixture
-def web_app(web_ctl, web_mnt, web_catalog):
-    return create_app({"TESTING": True, "CBLB_CONTROLLER": web_ctl,
-                       "CBLB_SAMPLER": StandInSampler(web_ctl),
-                       "CBLB_MOUNT_ROOTS": (str(web_mnt),),
-                       "CBLB_DEFAULT_CATALOG": str(web_catalog),
-                       "CBLB_SSE_INTERVAL": 0.0})
+def web_app(web_ctl, fake, web_mnt, web_catalog):
+    return make_app(web_ctl, CBLB_SAMPLER=fake.write_samples,
+                    CBLB_MOUNT_ROOTS=(str(web_mnt),), CBLB_CATALOG_ROOTS=(str(web_catalog),),
+                    CBLB_DEFAULT_CATALOG=str(web_catalog), CBLB_SSE_INTERVAL=0.0)
 
 
 @pytest.fixture
 def web_client(web_app):
-    return web_app.test_client()
+    return logged_in(web_app)
 
 
 @pytest.fixture
@@ -93,16 +119,14 @@ def make_active(ctl, catalog, name="shadow", origin="/dev/vdb1"):
 
 
 # ---- the page ------------------------------------------------------------------------------
-def test_page_without_module_says_so_and_offers_load(web_catalog, web_mnt):
-    ctl = StandInController(loaded=False)
-    app = create_app({"TESTING": True, "CBLB_CONTROLLER": ctl})
-    r = app.test_client().get("/")
+def test_page_without_module_says_so_and_offers_load(tmp_path):
+    app = make_app(fake_ctl(tmp_path, loaded=False))
+    r = logged_in(app).get("/")
     assert r.status_code == 200
     body = text(r)
     assert "The cblb kernel module is not loaded." in body
     assert 'action="/module/load"' in body and 'name="total"' in body
-    assert "Create" not in body.split('id="lifecycle"')[1].split("</section>")[0] or \
-        'id="create-btn"' not in body
+    assert 'id="create-btn"' not in body      # nothing to create before the module is in
 
 
 def test_page_shows_devices_table(web_client, web_ctl, web_catalog):
@@ -118,13 +142,12 @@ def test_page_shows_devices_table(web_client, web_ctl, web_catalog):
     assert "/static/htmx.min.js" in body and "https://" not in body  # no CDN
 
 
-def test_page_survives_a_controller_that_cannot_read(web_catalog):
-    class Broken(StandInController):
+def test_page_survives_a_controller_that_cannot_read(fake):
+    class Broken(Controller):
         def status(self):
             raise CblbError("permission denied reading /sys/kernel/cblb; run as root")
 
-    app = create_app({"TESTING": True, "CBLB_CONTROLLER": Broken(loaded=True)})
-    r = app.test_client().get("/")
+    r = logged_in(make_app(Broken(system=fake))).get("/")
     assert r.status_code == 200
     assert "permission denied reading /sys/kernel/cblb" in text(r)
 
@@ -162,10 +185,9 @@ def test_security_headers(web_client):
 
 
 # ---- load / unload ---------------------------------------------------------------------------
-def test_load_then_unload_with_confirmation():
-    ctl = StandInController(loaded=False)
-    app = create_app({"TESTING": True, "CBLB_CONTROLLER": ctl})
-    c = app.test_client()
+def test_load_then_unload_with_confirmation(tmp_path):
+    ctl = fake_ctl(tmp_path, loaded=False)
+    c = logged_in(make_app(ctl))
     r = post(c, "/module/load", {"total": "6"})
     assert r.status_code == 303 and ctl.loaded() and ctl.total() == 6
     assert "cblb_module loaded with total=6" in text(c.get("/"))
@@ -185,10 +207,9 @@ def test_load_then_unload_with_confirmation():
     ("256", "total 256 is out of range"),
     ("4; reboot", "total must be a whole number"),
 ])
-def test_load_refused_input(value, message):
-    ctl = StandInController(loaded=False)
-    app = create_app({"TESTING": True, "CBLB_CONTROLLER": ctl})
-    c = app.test_client()
+def test_load_refused_input(tmp_path, value, message):
+    ctl = fake_ctl(tmp_path, loaded=False)
+    c = logged_in(make_app(ctl))
     r = post(c, "/module/load", {"total": value}, htmx=True)
     assert r.status_code == 422
     assert message in text(r)
@@ -235,12 +256,12 @@ def test_create_plain_form_redirects(web_client, web_ctl):
     ("shadow", "/etc/passwd", "/etc/passwd is not a block device"),
     ("shadow", "", "origin is empty"),
 ])
-def test_create_refused_input(web_client, web_ctl, name, origin, message):
+def test_create_refused_input(web_client, web_ctl, fake, name, origin, message):
     r = post(web_client, "/snapshots", {"name": name, "origin": origin}, htmx=True)
     assert r.status_code == 422
     assert message in text(r)
     assert 'data-for="create"' in text(r)
-    assert web_ctl.snapshots() == []
+    assert web_ctl.snapshots() == [] and fake.commands == []   # refused before the kernel
     # and the form keeps what was typed
     if origin:
         assert f'value="{origin}"' in text(r)
@@ -254,21 +275,36 @@ def test_create_refusals_from_state(web_client, web_ctl):
     assert r.status_code == 422 and "/dev/vdb1 already has a snapshot (shadow)" in text(r)
 
 
-def test_create_when_not_loaded_is_refused_with_library_message():
-    ctl = StandInController(loaded=False)
-    app = create_app({"TESTING": True, "CBLB_CONTROLLER": ctl})
-    r = post(app.test_client(), "/snapshots", {"name": "s", "origin": "/dev/vdb1"}, htmx=True)
+def test_create_passes_the_resolved_device_node(tmp_path):
+    fake = FakeSystem(tmp_path / "f", loaded=True, aliases={"/dev/disk/by-label/data": "/dev/vdb1"})
+    c = logged_in(make_app(Controller(system=fake)))
+    r = post(c, "/snapshots", {"name": "s", "origin": "/dev/disk/by-label/data"}, htmx=True)
+    assert r.status_code == 200, text(r)
+    assert fake.commands == ["create s /dev/vdb1 begin end"]
+
+
+def test_create_refused_when_slots_are_full(tmp_path):
+    ctl = fake_ctl(tmp_path, loaded=True, total=1)
+    c = logged_in(make_app(ctl))
+    assert post(c, "/snapshots", {"name": "a", "origin": "/dev/vdb1"}, htmx=True).status_code == 200
+    r = post(c, "/snapshots", {"name": "b", "origin": "/dev/vdb2"}, htmx=True)
+    assert r.status_code == 422 and "all 1 snapshot slots are used" in text(r)
+
+
+def test_create_when_not_loaded_is_refused_with_library_message(tmp_path):
+    app = make_app(fake_ctl(tmp_path, loaded=False))
+    r = post(logged_in(app), "/snapshots", {"name": "s", "origin": "/dev/vdb1"}, htmx=True)
     assert r.status_code == 422
     assert "the cblb module is not loaded" in text(r)
 
 
 # ---- start ---------------------------------------------------------------------------------------
-def test_start_converts_mib_to_blocks(web_client, web_ctl, web_catalog):
+def test_start_converts_mib_to_blocks(web_client, web_ctl, fake, web_catalog):
     web_ctl.create("shadow", "/dev/vdb1")
     r = post(web_client, "/snapshots/shadow/start",
              {"catalog": str(web_catalog), "file_mib": "64", "max_files": "16"}, htmx=True)
     assert r.status_code == 200, text(r)
-    assert ("start", ("shadow", str(web_catalog), 64 * 2048, 16)) in web_ctl.calls
+    assert f"start shadow {os.path.realpath(web_catalog)} {64 * 2048} 16" in fake.commands
     s = web_ctl.snapshot("shadow")
     assert s.state.value == "active" and s.max_files == 16
     body = text(r)
@@ -281,19 +317,44 @@ def test_start_converts_mib_to_blocks(web_client, web_ctl, web_catalog):
     ({"max_files": "5000"}, "max files 5000 is out of range: choose 1..4096"),
     ({"max_files": "-1"}, "max files -1 is out of range"),
     ({"catalog": ""}, "catalog is empty"),
-    ({"catalog": "/no/such/dir"}, "catalog /no/such/dir does not exist; create it with mkdir"),
-    ({"catalog": "/etc/passwd"}, "catalog /etc/passwd is not a folder"),
-    ({"catalog": "/tmp/with space"}, "contains blanks"),
+    ({"catalog": "{cat}/nope"}, "catalog {cat}/nope does not exist; create it with mkdir"),
+    ({"catalog": "{cat}/afile"}, "catalog {cat}/afile is not a folder"),
+    ({"catalog": "{cat}/with space"}, "contains blanks"),
+    ({"catalog": "/etc"}, "catalog /etc is not in {cat}: the page keeps temp files only there"),
+    ({"catalog": "{cat}/../elsewhere"}, "must be an absolute path without '..'"),
 ])
-def test_start_refused_input(web_client, web_ctl, web_catalog, data, message):
+def test_start_refused_input(web_client, web_ctl, fake, web_catalog, data, message):
     web_ctl.create("shadow", "/dev/vdb1")
+    (web_catalog / "afile").write_text("x")
+    (web_catalog / "with space").mkdir()
+    cat = os.path.realpath(web_catalog)
     form = {"catalog": str(web_catalog), "file_mib": "64", "max_files": "16"}
-    form.update(data)
+    form.update({k: v.replace("{cat}", cat) for k, v in data.items()})
+    message = message.replace("{cat}", cat)
     r = post(web_client, "/snapshots/shadow/start", form, htmx=True)
     assert r.status_code == 422
     assert message in text(r)
     assert 'data-for="start:shadow"' in text(r)
     assert web_ctl.snapshot("shadow").state.value == "created"
+    assert not any(c.startswith("start") for c in fake.commands)
+
+
+def test_catalog_outside_the_allowed_folders_is_refused_alike_whether_it_exists(
+        web_client, web_ctl, tmp_path):
+    """The refusal does not tell a user probing the page whether a path exists."""
+    web_ctl.create("shadow", "/dev/vdb1")
+    (tmp_path / "outside").mkdir()
+    bodies = []
+    for cat in (tmp_path / "outside", tmp_path / "missing"):
+        r = post(web_client, "/snapshots/shadow/start",
+                 {"catalog": str(cat), "file_mib": "1", "max_files": "1"}, htmx=True)
+        assert r.status_code == 422 and "is not in" in text(r)
+        bodies.append(text(r).replace(str(cat), "CAT"))
+        preview = web_client.get("/lifecycle/cost", query_string={
+            "catalog": str(cat), "file_mib": "1", "max_files": "1"}, headers=HX)
+        bodies.append(text(preview).replace(str(cat), "CAT"))
+        assert "free" not in text(preview) and "The page keeps temp files only in" in text(preview)
+    assert bodies[0] == bodies[2] and bodies[1] == bodies[3]
 
 
 def test_start_twice_and_unknown(web_client, web_ctl, web_catalog):
@@ -314,21 +375,42 @@ def test_start_cost_preview(web_client, web_catalog):
     assert "512.0 MiB" in body and "8 files × 64.0 MiB" in body and "free" in body
     assert "must be whole numbers" in text(web_client.get("/lifecycle/cost?file_mib=x"))
     assert "is not an existing folder" in text(
-        web_client.get("/lifecycle/cost?catalog=/no/such&file_mib=1&max_files=1"))
+        web_client.get(f"/lifecycle/cost?catalog={web_catalog}/no&file_mib=1&max_files=1"))
 
 
 # ---- mount / umount ------------------------------------------------------------------------------
-def test_mount_and_umount(web_client, web_ctl, web_catalog, web_mnt):
+def test_mount_and_umount(web_client, web_ctl, fake, web_catalog, web_mnt):
     make_active(web_ctl, web_catalog)
     target = web_mnt / "cblb" / "shadow"
     r = post(web_client, "/snapshots/shadow/mount", {"dir": str(target)}, htmx=True)
     assert r.status_code == 200, text(r)
     assert web_ctl.snapshot("shadow").mountpoint == str(target)
+    assert fake.mount_table[0].options.split(",")[:4] == ["ro", "nosuid", "nodev", "noexec"]
     assert 'id="umount-shadow"' in text(r) and 'id="remove-shadow"' not in text(r)
     r = post(web_client, "/snapshots/shadow/umount", {}, htmx=True)
     assert r.status_code == 200 and web_ctl.snapshot("shadow").mountpoint == ""
     r = post(web_client, "/snapshots/shadow/umount", {}, htmx=True)
     assert r.status_code == 422 and "shadow is not mounted" in text(r)
+
+
+def test_mount_exec_only_when_asked(web_client, web_ctl, fake, web_catalog, web_mnt):
+    make_active(web_ctl, web_catalog)
+    r = post(web_client, "/snapshots/shadow/mount", {"dir": f"{web_mnt}/x", "exec": "on"},
+             htmx=True)
+    assert r.status_code == 200, text(r)
+    opts = fake.mount_table[0].options.split(",")
+    assert {"ro", "nosuid", "nodev"} <= set(opts) and "noexec" not in opts
+
+
+def test_mount_uses_the_folder_it_checked(web_client, web_ctl, fake, web_catalog, web_mnt):
+    """A link inside the mount root is resolved once; the resolved folder is mounted."""
+    make_active(web_ctl, web_catalog)
+    (web_mnt / "real").mkdir()
+    os.symlink(web_mnt / "real", web_mnt / "link")
+    r = post(web_client, "/snapshots/shadow/mount", {"dir": f"{web_mnt}/link/s"}, htmx=True)
+    assert r.status_code == 200, text(r)
+    assert fake.programs[-1][-1] == os.path.realpath(web_mnt / "real" / "s")
+    assert web_ctl.snapshot("shadow").mountpoint == os.path.realpath(web_mnt / "real" / "s")
 
 
 def test_mount_refused_input(web_client, web_ctl, web_catalog, web_mnt):
@@ -351,7 +433,7 @@ def test_mount_refused_input(web_client, web_ctl, web_catalog, web_mnt):
         r = post(web_client, "/snapshots/shadow/mount", {"dir": target}, htmx=True)
         assert r.status_code == 422, target
         assert message in text(r), (target, text(r))
-    assert not any(c[0] == "mount" for c in web_ctl.calls)
+    assert not any(p[0] == "mount" for p in web_ctl.system.programs)
 
 
 def test_mount_refused_by_library_when_not_active(web_client, web_ctl, web_mnt):
@@ -393,13 +475,11 @@ def test_remove_unknown(web_client):
     assert r.status_code == 422 and "no snapshot named ghost" in text(r)
 
 
-def test_failed_snapshot_widget(web_catalog):
-    ctl = StandInController(loaded=True, grow_bytes_per_s=4e6)
-    web_client = create_app({"TESTING": True, "CBLB_CONTROLLER": ctl}).test_client()
-    ctl.create("shadow", "/dev/vdb1")
-    ctl.start("shadow", str(web_catalog), 8, 1)       # a 4 KiB store fills at once
-    time.sleep(0.01)
-    s = ctl.snapshot("shadow")
+def test_failed_snapshot_widget(web_client, web_ctl, fake, web_catalog):
+    web_ctl.create("shadow", "/dev/vdb1")
+    web_ctl.start("shadow", str(web_catalog), 8, 1)       # a 4 KiB store
+    fake.copy("shadow", 8192)                             # origin writes fill it
+    s = web_ctl.snapshot("shadow")
     assert s.state.value == "failed"
     body = text(web_client.get("/lifecycle", headers=HX))
     assert "Failed: temp-file store full" in body and 'id="remove-shadow"' in body
@@ -412,7 +492,7 @@ POST_ROUTES = ["/module/load", "/module/unload", "/snapshots", "/snapshots/s/sta
 
 
 @pytest.mark.parametrize("url", POST_ROUTES)
-def test_post_without_csrf_is_refused(web_client, web_ctl, url):
+def test_post_without_csrf_is_refused(web_client, fake, url):
     csrf(web_client)  # the session has a token; the request does not carry it
     r = web_client.post(url, data={"total": "4", "name": "s", "origin": "/dev/vdb1",
                                    "confirm": "unload"})
@@ -420,7 +500,7 @@ def test_post_without_csrf_is_refused(web_client, web_ctl, url):
     assert "CSRF token missing" in text(r)
     r = web_client.post(url, data={"csrf_token": "forged"})
     assert r.status_code == 403
-    assert web_ctl.calls == []
+    assert fake.commands == [] and fake.programs == []
 
 
 def test_csrf_header_is_accepted(web_client, web_ctl):
@@ -430,19 +510,24 @@ def test_csrf_header_is_accepted(web_client, web_ctl):
     assert r.status_code == 200 and web_ctl.names() == ["s"]
 
 
-@pytest.mark.parametrize("url", ["/module/load", "/module/unload", "/snapshots",
-                                 "/snapshots/s/start", "/snapshots/s/mount",
-                                 "/snapshots/s/umount"])
-def test_state_changes_are_post_only(web_client, web_ctl, url):
+@pytest.mark.parametrize("url", ["/module/load", "/snapshots", "/snapshots/s/start",
+                                 "/snapshots/s/mount", "/snapshots/s/umount"])
+def test_state_changes_are_post_only(web_client, fake, url):
     r = web_client.get(url + "?total=4&name=s&origin=/dev/vdb1")
-    assert r.status_code in (405, 200)   # the unload GET is the confirmation prompt
-    assert not any(c[0] != "unload" for c in web_ctl.calls) and web_ctl.names() == []
+    assert r.status_code == 405
+    assert fake.commands == [] and fake.programs == []
+
+
+def test_unload_get_only_asks(web_client, web_ctl, fake):
+    r = web_client.get("/module/unload?confirm=unload", headers=HX)
+    assert r.status_code == 200 and 'id="unload-yes"' in text(r)
+    assert web_ctl.loaded() and fake.programs == []
 
 
 def test_foreign_host_refused_on_loopback(web_client):
     r = web_client.get("/", headers={"Host": "evil.example:8470"})
     assert r.status_code == 400 and "unexpected Host" in text(r)
-    assert web_client.get("/", headers={"Host": "127.0.0.1:8470"}).status_code == 200
+    assert web_client.get("/", headers={"Host": "localhost:8470"}).status_code == 200
 
 
 def test_cross_origin_post_refused(web_client, web_ctl):
@@ -454,52 +539,48 @@ def test_cross_origin_post_refused(web_client, web_ctl):
 
 
 # ---- access token ----------------------------------------------------------------------------
-@pytest.fixture
-def web_token_client(web_ctl):
-    app = create_app({"TESTING": True, "CBLB_CONTROLLER": web_ctl, "CBLB_REQUIRE_TOKEN": True,
-                      "CBLB_TOKEN": TOKEN})
-    return app.test_client()
-
-
 ALL_GET_ROUTES = ["/", "/devices", "/lifecycle", "/lifecycle/cost", "/charts/io",
                   "/charts/growth", "/api/status", "/metrics", "/events",
                   "/static/htmx.min.js", "/module/unload", "/snapshots/s/remove"]
 
 
 @pytest.mark.parametrize("url", ALL_GET_ROUTES)
-def test_missing_token_gets_401(web_token_client, url):
-    r = web_token_client.get(url, headers={"Host": "10.0.0.5:8470"})
+def test_missing_token_gets_401_on_loopback_too(web_app, url):
+    c = web_app.test_client()
+    r = c.get(url, headers={"Host": "127.0.0.1:8470"})
     assert r.status_code == 401
-    r = web_token_client.get(url, headers={"Authorization": "Bearer wrong-token"})
+    r = c.get(url, headers={"Authorization": "Bearer wrong-token"})
     assert r.status_code == 401
 
 
-def test_missing_token_on_post_gets_401(web_token_client, web_ctl):
-    r = web_token_client.post("/module/load", data={"total": "4"})
+def test_missing_token_on_post_gets_401(web_app, fake):
+    c = web_app.test_client()
+    r = c.post("/module/load", data={"total": "4"})
     assert r.status_code == 401
-    r = web_token_client.post("/snapshots", data={"name": "s", "origin": "/dev/vdb1"},
-                              headers=HX)
-    assert r.status_code == 401 and web_ctl.calls == []
+    r = c.post("/snapshots", data={"name": "s", "origin": "/dev/vdb1"}, headers=HX)
+    assert r.status_code == 401 and fake.commands == []
 
 
-def test_browser_without_token_gets_login_form(web_token_client):
-    r = web_token_client.get("/", headers={"Accept": "text/html"})
+def test_browser_without_token_gets_login_form(web_app):
+    r = web_app.test_client().get("/", headers={"Accept": "text/html"})
     assert r.status_code == 401
     assert 'name="token"' in text(r) and "access token" in text(r)
 
 
-def test_login_sets_cookie_and_page_works(web_token_client, web_ctl):
-    c = web_token_client
+def test_login_sets_a_session_flag_not_the_token(web_app, web_ctl):
+    c = web_app.test_client()
     page = c.get("/login", headers={"Accept": "text/html"})
     tok = re.search(r'name="csrf_token" value="([^"]+)"', text(page)).group(1)
     r = c.post("/login", data={"token": "nope", "csrf_token": tok, "next": "/"})
     assert r.status_code == 401 and "That is not the access token" in text(r)
     r = c.post("/login", data={"token": TOKEN, "next": "/"})
     assert r.status_code == 400      # login is a POST too: CSRF token required
-    r = c.post("/login", data={"token": TOKEN, "csrf_token": tok, "next": "https://evil/"})
-    assert r.status_code == 303 and r.headers["Location"] == "/"   # never off-site
+    r = c.post("/login", data={"token": TOKEN, "csrf_token": tok, "next": "/devices"})
+    assert r.status_code == 303 and r.headers["Location"] == "/devices"
     cookie = r.headers["Set-Cookie"]
-    assert "cblb_token=" in cookie and "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    assert cookie.startswith("cblb_session=") and "HttpOnly" in cookie
+    assert "SameSite=Strict" in cookie and TOKEN not in cookie
+    assert "cblb_token" not in cookie
     r = c.get("/")
     assert r.status_code == 200 and "log out" in text(r)
     assert post(c, "/snapshots", {"name": "s", "origin": "/dev/vdb1"}).status_code == 303
@@ -509,19 +590,58 @@ def test_login_sets_cookie_and_page_works(web_token_client, web_ctl):
     assert c.get("/").status_code == 401
 
 
-def test_bearer_token_for_metrics(web_token_client):
-    r = web_token_client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
+@pytest.mark.parametrize("nxt", ["https://evil.example/", "//evil.example", "/\t/evil.example",
+                                 "/\\evil.example", "\t//evil.example", "javascript:alert(1)",
+                                 "/\n/evil.example", " //evil.example"])
+def test_login_never_redirects_off_site(web_app, nxt):
+    from urllib.parse import quote
+
+    c = web_app.test_client()
+    r = login(c, nxt=nxt)
+    assert r.status_code == 303 and r.headers["Location"] == "/"
+    # the same through ?next= (a link someone was sent): /%09/evil.example and friends
+    r = c.get(f"/login?next={quote(nxt, safe='/:')}")
+    assert r.status_code == 302 and r.headers["Location"] == "/"
+
+
+def test_login_form_carries_only_a_safe_next(web_app):
+    c = web_app.test_client()
+    page = text(c.get("/login?next=/%09/evil.example", headers={"Accept": "text/html"}))
+    assert 'name="next" value="/"' in page
+    page = text(c.get("/devices", headers={"Accept": "text/html"}))
+    assert 'name="next" value="/devices"' in page
+
+
+def test_safe_next_keeps_local_paths():
+    assert safe_next("/devices?x=1") == "/devices?x=1"
+    assert safe_next("/%09/evil.example".replace("%09", "\t")) == "/"
+    assert safe_next("/ok/../x") == "/ok/../x"
+    assert safe_next(None) == "/"
+
+
+def test_token_rotation_logs_sessions_out(tmp_path, web_ctl):
+    tf = tmp_path / "web-token"
+    old, _ = ensure_token(tf)
+    app = make_app(web_ctl, CBLB_TOKEN="", CBLB_TOKEN_FILE=tf)
+    c = app.test_client()
+    assert login(c, token=old).status_code == 303
+    assert c.get("/").status_code == 200
+    new = rotate_token(tf)
+    assert new != old and stat.S_IMODE(os.stat(tf).st_mode) == 0o600
+    assert c.get("/", headers={"Accept": "text/html"}).status_code == 401    # logged out
+    assert login(c, token=old).status_code == 401                             # old one dead
+    assert login(c, token=new).status_code == 303
+    assert c.get("/").status_code == 200
+
+
+def test_bearer_token_for_metrics(web_app):
+    r = web_app.test_client().get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
     assert r.status_code == 200 and b"cblb_module_loaded 1.0" in r.data
 
 
-def test_require_token_without_token_refuses_to_build():
-    with pytest.raises(ValueError):
-        create_app({"TESTING": True, "CBLB_CONTROLLER": StandInController(),
-                    "CBLB_REQUIRE_TOKEN": True})
-
-
-def test_login_route_on_loopback_redirects(web_client):
-    assert web_client.get("/login").status_code == 302
+def test_app_refuses_to_build_without_a_token(web_ctl):
+    with pytest.raises(ValueError, match="access token"):
+        create_app({"TESTING": True, "CBLB_CONTROLLER": web_ctl})
 
 
 def test_ensure_token_creates_0600_once(tmp_path):
@@ -561,9 +681,9 @@ def test_metrics(web_client, web_ctl, web_catalog, web_app):
     assert 'cblb_origin_write_bytes_per_second{device="vdb1"}' in body
 
 
-def test_metrics_module_not_loaded():
-    app = create_app({"TESTING": True, "CBLB_CONTROLLER": StandInController(loaded=False)})
-    body = text(app.test_client().get("/metrics"))
+def test_metrics_module_not_loaded(tmp_path):
+    app = make_app(fake_ctl(tmp_path, loaded=False))
+    body = text(logged_in(app).get("/metrics"))
     assert "cblb_module_loaded 0.0" in body and "cblb_up 1.0" in body
 
 
@@ -578,8 +698,8 @@ def test_events_stream(web_client, web_ctl, web_catalog, web_app):
     assert "data: " in body and 'id="dev-shadow"' in body
 
 
-def test_events_send_lifecycle_only_when_the_page_is_stale():
-    class Changing(StandInController):
+def test_events_send_lifecycle_only_when_the_page_is_stale(tmp_path):
+    class Changing(Controller):
         armed = False
         n = 0
 
@@ -590,10 +710,10 @@ def test_events_send_lifecycle_only_when_the_page_is_stale():
                     self.create("shadow", "/dev/vdb1")
             return super().status()
 
-    ctl = Changing(loaded=True)
-    app = create_app({"TESTING": True, "CBLB_CONTROLLER": ctl, "CBLB_SSE_MAX_ROUNDS": 2,
-                      "CBLB_SSE_INTERVAL": 0})
-    c = app.test_client()
+    ctl = Changing(system=FakeSystem(tmp_path / "f", loaded=True))
+    app = make_app(ctl, CBLB_SSE_MAX_ROUNDS=2, CBLB_SSE_INTERVAL=0,
+                   CBLB_CATALOG_ROOTS=(str(tmp_path),))
+    c = logged_in(app)
     c.get("/")                  # the page shows "no snapshots"
     ctl.armed = True
     body = text(c.get("/events"))
@@ -603,16 +723,17 @@ def test_events_send_lifecycle_only_when_the_page_is_stale():
     body = text(c.get("/events"))
     assert "event: lifecycle" not in body
     # a POST's own response brings the panel; the stream does not send it again
-    post(c, "/snapshots/shadow/start", {"catalog": "/tmp", "file_mib": "1", "max_files": "1"},
-         htmx=True)
+    r = post(c, "/snapshots/shadow/start", {"catalog": str(tmp_path), "file_mib": "1",
+                                            "max_files": "1"}, htmx=True)
+    assert r.status_code == 200, text(r)
     assert "event: lifecycle" not in text(c.get("/events"))
 
 
-def test_charts_draw_growth_with_projection(web_ctl, web_catalog):
+def test_charts_draw_growth_with_projection(tmp_path, web_catalog):
     clock = [1000.0]
-    ctl = StandInController(loaded=True, grow_bytes_per_s=1e6, clock=lambda: clock[0])
-    app = create_app({"TESTING": True, "CBLB_CONTROLLER": ctl,
-                      "CBLB_SAMPLER": StandInSampler(ctl, clock=lambda: clock[0])})
+    fake = FakeSystem(tmp_path / "f", loaded=True, grow_bytes_per_s=1e6, clock=lambda: clock[0])
+    ctl = Controller(system=fake)
+    app = make_app(ctl, CBLB_SAMPLER=fake.write_samples)
     h = app.extensions["cblb_history"]
     h.clock = lambda: clock[0]
     ctl.create("shadow", "/dev/vdb1")
@@ -620,7 +741,7 @@ def test_charts_draw_growth_with_projection(web_ctl, web_catalog):
     for _ in range(30):
         clock[0] += 2
         h.tick()
-    c = app.test_client()
+    c = logged_in(app)
     body = text(c.get("/charts/growth", headers=HX))
     assert "<svg" in body and "<polyline" in body
     assert "store 256.0 MiB" in body               # the limit line
@@ -700,30 +821,54 @@ def test_parse_bind_refuses(bad):
         web_cmd.parse_bind(bad)
 
 
-def test_cblb_web_prints_token_once(tmp_path, monkeypatch, capsys):
+def test_cblb_web_prints_token_once_on_every_bind(tmp_path, monkeypatch, capsys):
     from cblb import cli
 
     served = []
     monkeypatch.setattr(web_cmd, "_serve", lambda app, host, port, threads:
                         served.append((app, host, port)))
     tf = tmp_path / "token"
-    assert cli.main(["web", "--bind", "0.0.0.0:8471", "--token-file", str(tf), "--standin"]) == 0
+    assert cli.main(["web", "--token-file", str(tf), "--standin"]) == 0
     out = capsys.readouterr().out
     tok = tf.read_text().strip()
-    assert "http://127.0.0.1:8471/" in out and tok in out and "mode 0600" in out
+    assert "http://127.0.0.1:8470/" in out and tok in out and "log in with this access token" in out
     app = served[0][0]
-    assert app.config["CBLB_REQUIRE_TOKEN"] and app.config["CBLB_TOKEN"] == tok
-    assert cli.main(["web", "--bind", "0.0.0.0:8471", "--token-file", str(tf), "--standin"]) == 0
+    assert app.extensions["cblb_token"].current() == tok and app.config["CBLB_CHECK_HOST"]
+    assert app.test_client().get("/api/status").status_code == 401    # loopback: token too
+    assert cli.main(["web", "--bind", "0.0.0.0:8471", "--token-file", str(tf),
+                     "--standin"]) == 0
     out = capsys.readouterr().out
-    assert tok not in out and str(tf) in out
-    assert cli.main(["web", "--standin"]) == 0
-    out = capsys.readouterr().out
-    assert "127.0.0.1:8470" in out and "no token needed" in out
-    assert not served[-1][0].config["CBLB_REQUIRE_TOKEN"]
+    assert "http://127.0.0.1:8471/" in out and tok not in out and f"sudo cat {tf}" in out
+    assert not served[-1][0].config["CBLB_CHECK_HOST"]
 
 
-def test_cblb_web_bad_bind(capsys):
+def test_cblb_web_rotate_token(tmp_path, capsys):
+    import json
+
     from cblb import cli
 
-    assert cli.main(["web", "--bind", "nowhere:80"]) == 1
+    tf = tmp_path / "token"
+    old, _ = ensure_token(tf)
+    assert cli.main(["web", "--rotate-token", "--token-file", str(tf), "--json"]) == 0
+    j = json.loads(capsys.readouterr().out)
+    assert j["token"] == tf.read_text().strip() != old
+
+
+def test_cblb_web_standin_drives_the_real_controller(tmp_path, monkeypatch):
+    from cblb import cli
+
+    served = []
+    monkeypatch.setattr(web_cmd, "_serve", lambda app, host, port, threads: served.append(app))
+    assert cli.main(["web", "--token-file", str(tmp_path / "t"), "--standin"]) == 0
+    app = served[0]
+    ctl = app.config["CBLB_CONTROLLER"]
+    assert type(ctl) is Controller and isinstance(ctl.system, FakeSystem)
+
+
+def test_cblb_web_bad_bind_is_usage(capsys):
+    from cblb import cli
+
+    with pytest.raises(SystemExit) as e:
+        cli.main(["web", "--bind", "nowhere:80"])
+    assert e.value.code == 2
     assert "give an IP address" in capsys.readouterr().err

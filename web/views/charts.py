@@ -14,6 +14,7 @@ from cblb.output import human_bytes
 
 from .. import svg
 from ..history import project
+from .. import htmx
 from . import history
 
 bp = Blueprint("charts", __name__)
@@ -104,13 +105,13 @@ def growth_context() -> dict[str, Any]:
 
 @bp.get("/charts/io")
 def io() -> Any:
-    if not request.headers.get("HX-Request"):
+    if not htmx:
         return redirect(url_for("devices.index"))
     return render_template("partials/charts_io.html", **io_context())
 
 
 @bp.get("/charts/growth")
 def growth() -> Any:
-    if not request.headers.get("HX-Request"):
+    if not htmx:
         return redirect(url_for("devices.index"))
     return render_template("partials/charts_growth.html", **growth_context())

@@ -9,6 +9,7 @@ from typing import Any, Iterator
 from flask import (Blueprint, Response, current_app, redirect, render_template, request,
                    stream_with_context, url_for)
 
+from .. import htmx
 from . import Problem, history, module_status, panel_is_stale, signature
 
 bp = Blueprint("devices", __name__)
@@ -37,7 +38,7 @@ def index() -> str:
 
 @bp.get("/devices")
 def table() -> Any:
-    if not request.headers.get("HX-Request"):
+    if not htmx:
         return redirect(url_for("devices.index"))
     return render_template("partials/devices.html", **devices_context())
 

@@ -2,9 +2,9 @@
 
 Every value from a form goes to the control library, which validates it and says what to do
 when it refuses; the refusal is shown inline beside the form (HTTP 422). The page adds only
-two rules of its own, because it runs as root for whoever holds the token: a snapshot is
-mounted only on an empty folder under CBLB_MOUNT_ROOTS, and destructive steps (remove,
-unload) need the snapshot's name typed back (``confirm``), after a GET that asks for it.
+the rules of web/policy.py (temp files only in CBLB_CATALOG_ROOTS, mounts only under
+CBLB_MOUNT_ROOTS), and destructive steps (remove, unload) need the snapshot's name typed back
+(``confirm``), after a GET that asks for it.
 
 An htmx request gets the lifecycle panel back (plus the devices table, out of band); a plain
 form post gets a 303 to the page on success, or the whole page with the error.
@@ -15,15 +15,17 @@ from __future__ import annotations
 import errno as E
 import os
 import shutil
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
-from flask import (Blueprint, Response, current_app, flash, get_flashed_messages, redirect,
+from flask import (Blueprint, current_app, flash, get_flashed_messages, redirect,
                    render_template, request, url_for)
 
-from cblb.control import MAX_TOTAL, SECTOR, validate_name
+from cblb.control import MAX_FILES, MAX_TOTAL, SECTOR, validate_name
 from cblb.errors import CblbError
-from cblb.output import human_bytes
 
+from .. import htmx
+from ..policy import check_catalog_dir, check_mount_dir, within
 from . import Problem, controller, module_status, remember_panel, session_id, signature
 
 bp = Blueprint("lifecycle", __name__)
@@ -53,25 +55,6 @@ def _text(field: str, label: str) -> str:
     return v
 
 
-def check_mount_dir(path: str, roots: tuple[str, ...] | list[str]) -> str:
-    """The page mounts only on an empty (or new) folder under one of ``roots``."""
-    if not os.path.isabs(path) or ".." in path.split("/"):
-        raise CblbError(f"mount folder {path!r} must be an absolute path without '..'", E.EINVAL)
-    norm = os.path.normpath(path)
-    real = os.path.realpath(norm)
-    allowed = [os.path.realpath(r) for r in roots]
-    if not any(real != r and real.startswith(r.rstrip("/") + "/") for r in allowed):
-        raise CblbError(f"mount folder {norm} is not under {', '.join(roots)}: the page mounts "
-                        "snapshots only there (use 'cblb mount' for other places)", E.EPERM)
-    if os.path.exists(real):
-        if not os.path.isdir(real):
-            raise CblbError(f"{norm} exists and is not a folder", E.ENOTDIR)
-        if os.listdir(real):
-            raise CblbError(f"{norm} is not empty: mounting there would hide its files; "
-                            "choose an empty or new folder", E.ENOTEMPTY)
-    return norm
-
-
 # ---- rendering ------------------------------------------------------------------------
 def partitions() -> list[str]:
     """Block devices for the origin field's suggestions, from /proc/partitions."""
@@ -90,6 +73,7 @@ def partitions() -> list[str]:
 def defaults() -> dict[str, Any]:
     c = current_app.config
     return {"catalog": c["CBLB_DEFAULT_CATALOG"], "file_mib": c["CBLB_DEFAULT_FILE_MIB"],
+            "catalog_roots": c["CBLB_CATALOG_ROOTS"], "mount_roots": c["CBLB_MOUNT_ROOTS"],
             "max_files": c["CBLB_DEFAULT_MAX_FILES"], "total": c["CBLB_DEFAULT_TOTAL"],
             "mount_root": c["CBLB_MOUNT_ROOTS"][0].rstrip("/") + "/cblb",
             "max_total": MAX_TOTAL}
@@ -114,7 +98,7 @@ def panel_context(problem: Problem | None = None, confirm: str = "") -> dict[str
 
 def respond(problem: Problem | None = None, message: str = "", confirm: str = "") -> Any:
     status = 422 if problem else 200
-    if request.headers.get("HX-Request"):
+    if htmx:
         if message:
             flash(message)
         from .devices import devices_context
@@ -142,14 +126,17 @@ def act(key: str, fn: Callable[[], str]) -> Any:
 # ---- routes -------------------------------------------------------------------------------
 @bp.get("/lifecycle")
 def panel() -> Any:
-    if not request.headers.get("HX-Request"):
+    if not htmx:
         return redirect(url_for("devices.index"))
     return render_template("partials/lifecycle.html", **panel_context())
 
 
 @bp.get("/lifecycle/cost")
 def cost() -> str:
-    """What a start with these parameters would cost (live preview beside the form)."""
+    """What a start with these parameters would cost (live preview beside the form).
+
+    The catalog's free space is shown only for a folder the page may use: a path elsewhere
+    gets the same answer whether it exists or not."""
     a = request.args
     try:
         mib = int(a.get("file_mib", ""))
@@ -161,21 +148,25 @@ def cost() -> str:
         return render_template("partials/cost.html", bad="file size and max files must be "
                                "at least 1")
     catalog = a.get("catalog", "").strip()
+    roots = current_app.config["CBLB_CATALOG_ROOTS"]
+    allowed = within(catalog, roots)
     free = None
-    if os.path.isabs(catalog) and os.path.isdir(catalog):
+    if allowed and os.path.isdir(catalog):
         try:
             free = shutil.disk_usage(catalog).free
         except OSError:
             free = None
     return render_template("partials/cost.html", bad="", file_bytes=mib * 2**20, files=files,
-                           store=mib * 2**20 * files, free=free, catalog=catalog)
+                           store=mib * 2**20 * files, free=free, catalog=catalog,
+                           allowed=allowed, roots=roots)
 
 
 @bp.post("/module/load")
 def load() -> Any:
     def run() -> str:
         total = _int("total", "total", 1, MAX_TOTAL)
-        controller().load(total)
+        if not controller().load(total):
+            return f"cblb_module was already loaded with total={total}"
         return f"cblb_module loaded with total={total}"
     return act("load", run)
 
@@ -190,7 +181,8 @@ def unload() -> Any:
     def run() -> str:
         if request.form.get("confirm") != "unload":
             raise CblbError("type 'unload' to confirm unloading the module", E.EINVAL)
-        controller().unload()
+        if not controller().unload():
+            return "cblb_module was not loaded"
         return "cblb_module unloaded"
     return act("unload", run)
 
@@ -209,9 +201,10 @@ def create() -> Any:
 def start(name: str) -> Any:
     def run() -> str:
         validate_name(name)
-        catalog = _text("catalog", "catalog")
+        catalog = check_catalog_dir(_text("catalog", "catalog"),
+                                    current_app.config["CBLB_CATALOG_ROOTS"])
         mib = _int("file_mib", "file size (MiB)", 1, (2**31 - 1) // MIB_BLOCKS)
-        files = _int("max_files", "max files", 1, 4096)
+        files = _int("max_files", "max files", 1, MAX_FILES)
         s = controller().start(name, catalog, mib * MIB_BLOCKS, files)
         return (f"{s.name}: active; /dev/{s.name} is the snapshot of {s.origin} "
                 f"(start took {s.start_latency_us / 1000:.1f} ms)")
@@ -222,20 +215,20 @@ def start(name: str) -> Any:
 def mount(name: str) -> Any:
     def run() -> str:
         validate_name(name)
-        target = check_mount_dir(_text("dir", "mount folder"), current_app.config["CBLB_MOUNT_ROOTS"])
-        controller().mount(name, target)
-        return f"/dev/{name} mounted read-only at {target}"
+        target = check_mount_dir(_text("dir", "mount folder"),
+                                 current_app.config["CBLB_MOUNT_ROOTS"])
+        allow_exec = request.form.get("exec") == "on"
+        target = controller().mount(name, target, allow_exec)
+        return (f"/dev/{name} mounted read-only at {target} (nosuid, nodev"
+                + ("" if allow_exec else ", noexec") + ")")
     return act(f"mount:{name}", run)
 
 
 @bp.post("/snapshots/<name>/umount")
 def umount(name: str) -> Any:
     def run() -> str:
-        s = controller().snapshot(name)   # validates the name; never a free-form path
-        if not s.mountpoint:
-            raise CblbError(f"{name} is not mounted", E.EINVAL)
-        controller().umount(name)
-        return f"{name}: unmounted from {s.mountpoint}"
+        validate_name(name)   # a name, never a free-form path
+        return f"{name}: unmounted from {controller().umount(name)}"
     return act(f"umount:{name}", run)
 
 
