@@ -1,7 +1,9 @@
 """The `cblb` command line: one subcommand per step of the snapshot lifecycle.
 
-Exit codes: 0 ok, 1 refused (the message says why), 2 usage. Errors are one line on
-stderr, never a traceback.
+Exit codes: 0 ok (or equal), 1 refused or differ (the message says why), 2 usage, or trouble
+(a missing file, an unreadable device) in verify, diff and manifest; 3 diff found blocks the
+module changed without a copy; 130 interrupted. Errors are one line on stderr, never a
+traceback. Every command that changes state takes --json.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ COMMAND_MODULES = ("lifecycle", "snapshot", "backup", "verify", "trace", "web", 
 EPILOG = """examples:
   cblb load --total 4
   cblb snapshot /dev/sda2 --mount /mnt/snap     # create + start + mount, sensible defaults
+  cblb start shadow-sda2 /var/tmp 64M 16        # temp files of 64 MiB (bare numbers: blocks)
   cblb backup shadow-sda2 /backup/sda2.img      # copy with progress, writes a manifest
   cblb release /mnt/snap                        # umount + remove
   cblb list --json
@@ -44,18 +47,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, ctl: Controller | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    ctl = Controller()
+    ctl = ctl or Controller()
     try:
         return int(args.func(args, ctl) or 0)
     except CblbError as e:
         print(f"cblb: {e}", file=sys.stderr)
-        return 1
+        return int(getattr(args, "trouble_exit", 1))
+    except OSError as e:
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"cblb: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("cblb: interrupted", file=sys.stderr)
         return 130

@@ -58,7 +58,7 @@ def plan_store(origin_bytes: int, catalog_free: int, file_blocks: int | None = N
 
 def snapshot(ctl: Controller, origin: str, mount: str | None, name: str | None = None,
              catalog: str | None = None, file_blocks: int | None = None,
-             max_files: int | None = None, total: int = 4) -> Snapshot:
+             max_files: int | None = None, total: int = 4, allow_exec: bool = False) -> Snapshot:
     """load (if needed) + create + start (+ mount), undoing what was done on failure."""
     check_block_device(origin)
     name = name or default_name(origin)
@@ -73,7 +73,7 @@ def snapshot(ctl: Controller, origin: str, mount: str | None, name: str | None =
     try:
         ctl.start(name, str(cat), plan.file_blocks, plan.max_files)
         if mount:
-            ctl.mount(name, mount)
+            ctl.mount(name, mount, allow_exec)
     except CblbError:
         try:
             ctl.remove(name)

@@ -1,54 +1,65 @@
 """The seed's lifecycle, one subcommand each: load, create, start, mount, umount, remove,
-list/status, unload."""
+list/status, unload. Each takes --json (what changed, as one JSON object)."""
 
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from ..control import Controller
 from ..output import emit_json, human_bytes, table
+from . import blocks_arg
+
+
+def _say(args: argparse.Namespace, text: str, obj: dict[str, Any]) -> int:
+    if args.json:
+        emit_json(obj)
+    else:
+        print(text)
+    return 0
 
 
 def _load(args: argparse.Namespace, ctl: Controller) -> int:
-    ctl.load(args.total, args.ko)
-    print(f"cblb_module loaded, total={ctl.total()}")
-    return 0
+    done = ctl.load(args.total, args.ko)
+    text = (f"cblb_module loaded, total={ctl.total()}" if done
+            else f"cblb_module was already loaded with total={ctl.total()}")
+    return _say(args, text, {"loaded": True, "changed": done, "total": ctl.total()})
 
 
 def _unload(args: argparse.Namespace, ctl: Controller) -> int:
-    ctl.unload()
-    print("cblb_module unloaded")
-    return 0
+    done = ctl.unload()
+    text = "cblb_module unloaded" if done else "cblb_module is not loaded: nothing to unload"
+    return _say(args, text, {"loaded": False, "changed": done})
 
 
 def _create(args: argparse.Namespace, ctl: Controller) -> int:
     s = ctl.create(args.name, args.origin)
-    print(f"{s.name}: created for {s.origin}")
-    return 0
+    return _say(args, f"{s.name}: created for {s.origin}", s.to_json())
 
 
 def _start(args: argparse.Namespace, ctl: Controller) -> int:
     s = ctl.start(args.name, args.catalog, args.file_size, args.max_files)
-    print(f"{s.name}: active; /dev/{s.name} is the snapshot of {s.origin} "
-          f"(start took {s.start_latency_us / 1000:.1f} ms, filesystem {s.freeze})")
-    return 0
+    return _say(args, f"{s.name}: active; /dev/{s.name} is the snapshot of {s.origin} "
+                f"(start took {s.start_latency_us / 1000:.1f} ms, filesystem {s.freeze})",
+                s.to_json())
 
 
 def _mount(args: argparse.Namespace, ctl: Controller) -> int:
-    ctl.mount(args.name, args.dir)
-    print(f"/dev/{args.name} mounted read-only at {args.dir}")
-    return 0
+    target = ctl.mount(args.name, args.dir, args.exec)
+    s = ctl.snapshot(args.name)
+    opts = "nosuid, nodev" + ("" if args.exec else ", noexec")
+    return _say(args, f"/dev/{args.name} mounted read-only ({opts}) at {target}", s.to_json())
 
 
 def _umount(args: argparse.Namespace, ctl: Controller) -> int:
-    ctl.umount(args.target)
-    return 0
+    name = ctl.mounted_snapshot(args.target).name
+    target = ctl.umount(args.target)
+    return _say(args, f"{name}: unmounted from {target}", {"name": name, "unmounted": target})
 
 
 def _remove(args: argparse.Namespace, ctl: Controller) -> int:
     ctl.remove(args.name)
-    print(f"{args.name}: removed")
-    return 0
+    return _say(args, f"{args.name}: removed", {"name": args.name, "removed": True})
 
 
 def _list(args: argparse.Namespace, ctl: Controller) -> int:
@@ -71,39 +82,55 @@ def _list(args: argparse.Namespace, ctl: Controller) -> int:
     return 0
 
 
+def _json(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("load", help="insmod cblb_module.ko total=N")
     p.add_argument("--total", type=int, default=4,
                    help="most snapshots at once, 1..255 (default 4; costs nothing per write)")
     p.add_argument("--ko", help="path of cblb_module.ko (default: built for this kernel)")
+    _json(p)
     p.set_defaults(func=_load)
 
     p = sub.add_parser("unload", help="rmmod cblb_module (refused while snapshots exist)")
+    _json(p)
     p.set_defaults(func=_unload)
 
     p = sub.add_parser("create", help="create NAME ORIGIN: register a snapshot device")
     p.add_argument("name", help="snapshot device name, e.g. shadow-sda2")
     p.add_argument("origin", help="partition to snapshot, e.g. /dev/sda2")
+    _json(p)
     p.set_defaults(func=_create)
 
     p = sub.add_parser("start", help="start NAME CATALOG FILE_SIZE MAX_FILES: take the snapshot")
-    p.add_argument("name")
+    p.add_argument("name", help="the created snapshot's name")
     p.add_argument("catalog", help="existing folder for temp files (ext4/xfs)")
-    p.add_argument("file_size", type=int, help="temp file size in 512-byte blocks")
+    p.add_argument("file_size", type=blocks_arg,
+                   help="temp file size: 64M, 1G, ... or a bare number of 512-byte blocks")
     p.add_argument("max_files", type=int, help="most temp files")
+    _json(p)
     p.set_defaults(func=_start)
 
-    p = sub.add_parser("mount", help="mount NAME DIR: mount the snapshot read-only")
-    p.add_argument("name")
-    p.add_argument("dir")
+    p = sub.add_parser("mount", help="mount NAME DIR: mount the snapshot read-only "
+                       "(nosuid, nodev, noexec)")
+    p.add_argument("name", help="the active snapshot's name")
+    p.add_argument("dir", help="folder to mount it on (created if missing)")
+    p.add_argument("--exec", action="store_true",
+                   help="allow running programs from the snapshot (default noexec)")
+    _json(p)
     p.set_defaults(func=_mount)
 
-    p = sub.add_parser("umount", help="umount NAME|DIR")
-    p.add_argument("target")
+    p = sub.add_parser("umount", help="umount NAME|DIR: unmount a snapshot (only a cblb "
+                       "snapshot's mount)")
+    p.add_argument("target", help="the snapshot's name or the folder it is mounted on")
+    _json(p)
     p.set_defaults(func=_umount)
 
     p = sub.add_parser("remove", help="remove NAME: delete the snapshot and its temp files")
-    p.add_argument("name")
+    p.add_argument("name", help="the snapshot's name")
+    _json(p)
     p.set_defaults(func=_remove)
 
     for name in ("list", "status"):

@@ -25,6 +25,8 @@ from ..errors import CblbError
 from .. import trace as tracemod
 from ..trace import Tracer
 from ..trace_compare import compare, render_compare
+from ..units import parse_bytes
+from . import blocks_arg
 
 EXAMPLES = """examples:
   cblb trace                       # every disk, refresh each second, Ctrl-C ends
@@ -40,6 +42,16 @@ notes:
 """
 
 BAR = 30
+
+
+def _mib_arg(text: str) -> int:
+    try:
+        nbytes = parse_bytes(text, bare_unit=1 << 20)
+    except CblbError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if nbytes < 1 << 20 or nbytes % (1 << 20):
+        raise argparse.ArgumentTypeError(f"size {text!r}: give whole MiB (at least 1M)")
+    return nbytes >> 20
 
 
 def _hist_lines(hist: list[list[int]], label: str) -> list[str]:
@@ -156,11 +168,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="extra fio options, e.g. \"--rw=write --bs=64k\" (they win)")
     g.add_argument("--fio-target", metavar="PATH",
                    help="file or device fio writes (default: a file on the mounted device)")
-    g.add_argument("--size", type=int, default=64, help="fio file size in MiB (default 64)")
+    g.add_argument("--size", type=_mib_arg, default=64,
+                   help="fio file size: 256M, 1G, ... or a bare number of MiB (default 64)")
     g.add_argument("--runtime", type=float, default=10,
                    help="seconds per phase (default 10)")
-    g.add_argument("--file-size", type=int, default=131072,
-                   help="snapshot temp file size, 512-byte blocks (default 131072 = 64 MiB)")
+    g.add_argument("--file-size", type=blocks_arg, default=131072,
+                   help="snapshot temp file size: 64M, ... or a bare number of 512-byte "
+                        "blocks (default 64M)")
     g.add_argument("--max-files", type=int, default=8,
                    help="most snapshot temp files (default 8)")
     p.set_defaults(func=_trace)

@@ -2,10 +2,11 @@
 
 - ``cblb manifest DEVICE -o FILE``: one XXH3 digest per block, in a manifest file.
 - ``cblb verify A --against B``: B is a device, an image or a manifest. Exit 0 when equal,
-  1 when they differ (the differing ranges are listed as block numbers).
+  1 when they differ (the differing ranges are listed as block numbers), 2 on trouble (a
+  missing file, an unreadable device), as cmp(1) does.
 - ``cblb diff SNAPSHOT``: blocks where a snapshot and its live origin now differ, checked
-  against the module's copy-on-write accounting. Exit 0 when consistent, 3 when a block
-  differs that the module never copied (a correctness bug).
+  against the module's copy-on-write accounting. Exit 0 when consistent, 2 on trouble, 3
+  when a block differs that the module never copied (a correctness bug).
 """
 
 from __future__ import annotations
@@ -161,10 +162,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--direct", action="store_true", help="read with O_DIRECT (bypass the "
                    "page cache)")
     _common(p)
-    p.set_defaults(func=_manifest_defaults(_manifest))
+    p.set_defaults(func=_manifest_defaults(_manifest), trouble_exit=2)
 
     p = sub.add_parser("verify", help="verify A --against B: compare block by block "
-                       "(exit 0 equal, 1 differ)")
+                       "(exit 0 equal, 1 differ, 2 trouble)")
     p.add_argument("a", metavar="A", help="block device, image, manifest or snapshot name")
     p.add_argument("--against", required=True, metavar="B",
                    help="block device, image, manifest or snapshot name")
@@ -172,17 +173,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-ranges", type=int, default=50,
                    help="differing ranges to list (default 50; 0 lists all)")
     _common(p)
-    p.set_defaults(func=_verify)
+    p.set_defaults(func=_verify, trouble_exit=2)
 
     p = sub.add_parser("diff", help="diff SNAPSHOT: blocks where the snapshot and its live "
-                       "origin differ, checked against the module's copies (exit 3 on a bug)")
+                       "origin differ, checked against the module's copies (exit 0 "
+                       "consistent, 2 trouble, 3 a module bug)")
     p.add_argument("snapshot", help="snapshot name")
     p.add_argument("--buffered", action="store_true",
                    help="read through the page cache (default: O_DIRECT)")
     p.add_argument("--max-ranges", type=int, default=50,
                    help="differing ranges to list (default 50; 0 lists all)")
     _common(p, block_size=False)
-    p.set_defaults(func=_diff)
+    p.set_defaults(func=_diff, trouble_exit=2)
 
 
 def _manifest_defaults(fn):  # type: ignore[no-untyped-def]

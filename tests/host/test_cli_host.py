@@ -3,15 +3,21 @@ no kernel needed (the lab tests drive the real module)."""
 
 from __future__ import annotations
 
+import argparse
+import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from cblb.control import Controller, SnapshotState, check_block_device, validate_name
+from cblb.cli import build_parser, main
+from cblb.control import Controller, Snapshot, SnapshotState, check_block_device, validate_name
 from cblb.errors import CblbError
-from cblb.oneshot import SEED_FILE, MIB, default_name, plan_store
+from cblb.fake import FakeSystem
+from cblb.oneshot import MIB, SEED_FILE, default_name, plan_store
+from cblb.units import parse_blocks
 
 
 @pytest.mark.parametrize("name", ["shadow-sda2", "a", "x.y_z-1", "A" * 31])
@@ -88,8 +94,135 @@ def test_cli_refusal_is_one_line_exit_1() -> None:
     assert r.stderr.startswith("cblb: invalid snapshot name")
 
 
-def test_cli_list_json_when_not_loaded() -> None:
-    import json
-    r = run_cli("list", "--json")
-    assert r.returncode == 0
-    assert json.loads(r.stdout)["loaded"] in (False, True)
+def test_cli_list_json_when_not_loaded(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ctl = Controller(system=FakeSystem(tmp_path / "f", loaded=False))
+    assert main(["list", "--json"], ctl) == 0
+    assert json.loads(capsys.readouterr().out) == {"loaded": False, "total": 0, "version": "",
+                                                   "snapshots": []}
+
+
+# ---- sizes with units ----------------------------------------------------------------------
+@pytest.mark.parametrize("text,blocks", [("2048", 2048), ("64M", 131072), ("64MiB", 131072),
+                                         ("1G", 2097152), ("1g", 2097152), ("4k", 8),
+                                         ("2048s", 2048), ("512B", 1), ("1T", 2**31)])
+def test_parse_blocks(text: str, blocks: int) -> None:
+    assert parse_blocks(text) == blocks
+
+
+@pytest.mark.parametrize("bad", ["", "M", "64Q", "-1", "1.5G", "100B", "8sB"])
+def test_parse_blocks_refuses(bad: str) -> None:
+    with pytest.raises(CblbError):
+        parse_blocks(bad)
+
+
+def test_sizes_with_units_on_the_command_line() -> None:
+    p = build_parser()
+    assert p.parse_args(["start", "s", "/var/tmp", "64M", "4"]).file_size == 131072
+    assert p.parse_args(["start", "s", "/var/tmp", "409600", "4"]).file_size == 409600
+    assert p.parse_args(["snapshot", "/dev/sda2", "--file-size", "1G"]).file_size == 2097152
+    assert p.parse_args(["trace", "--compare", "--file-size", "8M"]).file_size == 16384
+    assert p.parse_args(["trace", "--compare", "--size", "1G"]).size == 1024
+    r = run_cli("start", "s", "/var/tmp", "64Q", "4")
+    assert r.returncode == 2 and "cannot read '64Q' as a size" in r.stderr
+
+
+# ---- help ------------------------------------------------------------------------------------
+def subparsers() -> dict[str, argparse.ArgumentParser]:
+    p = build_parser()
+    action = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(action.choices)
+
+
+MARKUP = re.compile(r"``|:(class|meth|mod|func):|`[^`]+`")
+
+
+def test_help_is_plain_text() -> None:
+    assert not MARKUP.search(build_parser().format_help())
+    for name, sp in subparsers().items():
+        assert not MARKUP.search(sp.format_help()), name
+
+
+def test_every_positional_argument_has_help() -> None:
+    for name, sp in subparsers().items():
+        for a in sp._actions:
+            if not a.option_strings:
+                assert a.help, f"cblb {name}: {a.dest} has no help"
+
+
+STATE_CHANGING = ["load", "unload", "create", "start", "mount", "umount", "remove", "snapshot",
+                  "release", "backup", "manifest"]
+
+
+def test_every_state_changing_command_has_json() -> None:
+    subs = subparsers()
+    for name in STATE_CHANGING:
+        assert any("--json" in a.option_strings for a in subs[name]._actions), name
+
+
+# ---- the lifecycle through main(), over the fake module ---------------------------------------
+@pytest.fixture
+def fake(tmp_path: Path) -> FakeSystem:
+    return FakeSystem(tmp_path / "fake")
+
+
+def test_lifecycle_json_and_mount_options(fake: FakeSystem, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    ctl = Controller(system=fake)
+
+    def run(*argv: str) -> dict:
+        assert main([*argv, "--json"], ctl) == 0, capsys.readouterr().err
+        return json.loads(capsys.readouterr().out)
+
+    assert run("load", "--total", "2") == {"loaded": True, "changed": True, "total": 2}
+    assert run("create", "s", "/dev/vdb1")["state"] == "created"
+    cat = tmp_path / "cat"
+    cat.mkdir()
+    j = run("start", "s", str(cat), "8M", "4")
+    assert j["state"] == "active" and j["file_size"] == 16384
+    mnt = tmp_path / "mnt"
+    assert run("mount", "s", str(mnt))["mountpoint"] == str(mnt)
+    assert fake.mount_table[0].options.startswith("ro,nosuid,nodev,noexec")
+    assert run("umount", str(mnt)) == {"name": "s", "unmounted": str(mnt)}
+    run("mount", "s", str(mnt), "--exec")
+    assert "noexec" not in fake.mount_table[0].options.split(",")
+    assert run("umount", "s") == {"name": "s", "unmounted": str(mnt)}
+    assert run("remove", "s") == {"name": "s", "removed": True}
+    assert run("unload") == {"loaded": False, "changed": True}
+
+
+def test_umount_refuses_a_mount_that_is_not_a_snapshot(fake: FakeSystem,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    fake.run(["insmod", "x.ko", "total=4"])
+    assert main(["umount", "/"], Controller(system=fake)) == 1
+    assert "/ is not a cblb snapshot's mount" in capsys.readouterr().err
+    assert not any(p[0] == "umount" for p in fake.programs)
+
+
+def test_unload_with_nothing_loaded_says_so(fake: FakeSystem,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["unload"], Controller(system=fake)) == 0
+    assert capsys.readouterr().out == "cblb_module is not loaded: nothing to unload\n"
+    assert fake.programs == []
+
+
+def test_verify_and_diff_trouble_exit_2(tmp_path: Path) -> None:
+    r = run_cli("verify", str(tmp_path / "missing.img"), "--against", str(tmp_path / "b.img"))
+    assert r.returncode == 2 and r.stderr.startswith("cblb: ")
+    r = run_cli("diff", "no-such-snapshot")
+    assert r.returncode == 2 and r.stderr.startswith("cblb: ")
+
+
+def test_guards_are_written_once() -> None:
+    s = Snapshot(name="s", state=SnapshotState.CREATED, origin="/dev/x")
+    assert s.can_start and not s.can_mount and not s.can_back_up and s.can_remove
+    with pytest.raises(CblbError, match="only an active snapshot can be mounted"):
+        s.require("mount")
+    s.state = SnapshotState.ACTIVE
+    assert s.can_mount and not s.can_start
+    s.mountpoint = "/mnt/s"
+    assert not s.can_mount and s.can_umount and not s.can_remove
+    with pytest.raises(CblbError, match="unmount it first"):
+        s.require("remove")
+    s.state, s.error = SnapshotState.FAILED, "temp-file store full"
+    with pytest.raises(CblbError, match=r"failed \(temp-file store full\); only an active"):
+        s.require("back up")

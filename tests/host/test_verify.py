@@ -168,7 +168,8 @@ def test_cli_manifest_and_verify(pair, tmp_path):
     assert out["differing_blocks"] == 2 and out["block_size"] == BS
 
 
-def test_cli_errors_are_one_line(pair, tmp_path):
+def test_cli_trouble_is_one_line_exit_2(pair, tmp_path):
+    """verify and manifest follow cmp(1): 2 for trouble (a bad manifest, a missing file)."""
     a, _ = pair(pair.data)
     bad = tmp_path / "bad.manifest"
     make_manifest(a, str(bad))
@@ -180,7 +181,7 @@ def test_cli_errors_are_one_line(pair, tmp_path):
                  ["manifest", a, "-o", str(tmp_path / "no" / "such" / "dir" / "m")],
                  ["verify", a, "--against", str(tmp_path)]):
         r = run_cli(*argv)
-        assert r.returncode == 1, argv
+        assert r.returncode == 2, argv
         assert r.stderr.startswith("cblb: ") and r.stderr.count("\n") == 1, r.stderr
         assert "Traceback" not in r.stderr
     assert "checksum mismatch" in run_cli("verify", a, "--against", str(bad)).stderr
