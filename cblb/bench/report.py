@@ -7,7 +7,6 @@ min / median / max and the coefficient of variation.
 
 from __future__ import annotations
 
-import html
 import json
 from pathlib import Path
 from typing import Any
@@ -199,64 +198,55 @@ def fig_latlog(results: dict[str, Any], out: Path) -> str | None:
     return _save(fig, out, "latency_over_time.png", results)
 
 
-# ---- HTML ---------------------------------------------------------------------------
-def _f(v: Any, unit: str = "") -> str:
+# ---- HTML (templates/report.html, Jinja with autoescaping) ------------------------------
+def _f(v: Any) -> str:
     if v is None:
         return "-"
     if isinstance(v, float):
-        if unit == "MB/s":
-            return f"{v / 1e6:.1f}"
         return f"{v:.3g}"
-    return html.escape(str(v))
+    return str(v)
 
 
-def _ratio_table(ratios: list[dict[str, Any]], prefix: str) -> str:
-    rows = [r for r in ratios if r["name"].startswith(prefix)]
-    if not rows:
-        return ""
-    out = ["<table><tr><th>ratio</th><th>value (median/median)</th><th>spread lo..hi</th>"
-           "<th>numerator median</th><th>denominator median</th><th>n</th></tr>"]
-    for r in rows:
-        out.append(f"<tr><td>{html.escape(r['name'])}</td><td><b>{r['value']:.3f}</b></td>"
-                   f"<td>{_f(r['lo'])}..{_f(r['hi'])}</td><td>{r['num_median']:.4g}</td>"
-                   f"<td>{r['den_median']:.4g}</td><td>{r['num_n']}/{r['den_n']}</td></tr>")
-    out.append("</table>")
-    return "\n".join(out)
+def _ratio_rows(ratios: list[dict[str, Any]], prefix: str) -> list[dict[str, Any]]:
+    return [r for r in ratios if r["name"].startswith(prefix)]
 
 
-def _summary_table(summ: list[dict[str, Any]], experiment: str, metrics: tuple[str, ...]) -> str:
-    rows = [s for s in summ if s["select"].get("experiment") == experiment
+def _summary_rows(summ: list[dict[str, Any]], experiment: str,
+                  metrics: tuple[str, ...]) -> list[dict[str, Any]]:
+    return [{**s, "select": ", ".join(f"{k}={v}" for k, v in s["select"].items()
+                                       if k != "experiment")}
+            for s in summ if s["select"].get("experiment") == experiment
             and s["metric"] in metrics]
-    if not rows:
-        return ""
-    out = ["<details><summary>raw figures: min / median / max, coefficient of variation"
-           "</summary><table><tr><th>run</th><th>metric</th><th>n</th><th>min</th>"
-           "<th>median</th><th>max</th><th>CV</th></tr>"]
-    for s in rows:
-        sel = ", ".join(f"{k}={v}" for k, v in s["select"].items() if k != "experiment")
-        cv = f"{s['cv'] * 100:.1f}%" if s["cv"] is not None else "-"
-        out.append(f"<tr><td>{html.escape(sel)}</td><td>{s['metric']}</td><td>{s['n']}</td>"
-                   f"<td>{s['min']:.4g}</td><td>{s['median']:.4g}</td><td>{s['max']:.4g}</td>"
-                   f"<td>{cv}</td></tr>")
-    out.append("</table></details>")
-    return "\n".join(out)
 
 
-def _target_table(targets: list[dict[str, Any]]) -> str:
-    out = ["<table><tr><th>target</th><th>measured</th><th>goal</th><th>met?</th>"
-           "<th>published peer figure</th></tr>"]
+def _targets(targets: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
     for t in targets:
         unit = {"x": "x", "ms": " ms", "B": " B", "frac": ""}[t["unit"]]
         val = "-" if t["value"] is None else (
             f"{t['value'] * 100:.1f}%" if t["unit"] == "frac" else f"{t['value']:.3g}{unit}")
         goal = (f"{t['op']} {t['threshold'] * 100:g}%" if t["unit"] == "frac"
                 else f"{t['op']} {t['threshold']:g}{unit}")
-        met = {True: "<span class=ok>yes</span>", False: "<span class=no>no</span>",
-               None: "not measured"}[t["met"]]
-        out.append(f"<tr><td>{html.escape(t['target'])}</td><td><b>{val}</b></td>"
-                   f"<td>{goal}</td><td>{met}</td><td>{html.escape(t['peer'])}</td></tr>")
-    out.append("</table>")
-    return "\n".join(out)
+        out.append({"target": t["target"], "value": val, "goal": goal, "met": t["met"],
+                    "peer": t["peer"]})
+    return out
+
+
+def _figure(title: str, img: str | None, ratio_tables: list[list[dict[str, Any]]] = (),
+            summary_tables: list[list[dict[str, Any]]] = (), note: str = "") -> dict[str, Any]:
+    return {"title": title, "img": img, "note": note,
+            "ratio_tables": [t for t in ratio_tables if t],
+            "summary_tables": [t for t in summary_tables if t]}
+
+
+def _template() -> Any:
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(Path(__file__).resolve().parent / "templates"),
+        autoescape=True, keep_trailing_newline=True)
+    env.filters["fig"] = _f
+    return env.get_template("report.html")
 
 
 CSS = """body{font-family:sans-serif;max-width:1100px;margin:1em auto;padding:0 1em;color:#222}
@@ -282,163 +272,102 @@ def write_results(results: dict[str, Any], out: Path) -> Path:
 def render(results: dict[str, Any], out: Path) -> Path:
     """Write report.html, the figures and results.json into ``out``; return report.html."""
     write_results(results, out)
-    R = an.by_name(results["ratios"])
-    env = html.escape(env_line(results))
-    m = results["meta"]
-    figs: list[tuple[str, str | None, str]] = []
-    figs.append(("Origin write throughput, ratio to no snapshot",
-                 fig_compare(results, out, "write_bw", "write_throughput.png",
-                             "Origin write throughput / no snapshot (median; bars: min..max)",
-                             "ratio to no snapshot",
-                             {"rewrite target 0.95": 0.95, "seq first target 0.5": 0.5,
-                              "rand first target 0.33": 0.33}),
-                 _ratio_table(results["ratios"], "compare/") and
-                 _summary_table(results["summaries"], "compare",
-                                ("write_bw", "write_iops", "write_p50_us", "write_p99_us",
-                                 "read_bw"))))
-    figs.append(("Origin write latency p50, ratio to no snapshot",
-                 fig_compare(results, out, "write_p50_us", "latency_p50.png",
-                             "Write latency p50 / no snapshot (lower is better)",
-                             "ratio to no snapshot", {"1x": 1.0}), ""))
-    figs.append(("Origin write latency p99, ratio to no snapshot",
-                 fig_compare(results, out, "write_p99_us", "latency_p99.png",
-                             "Write latency p99 / no snapshot (lower is better)",
-                             "ratio to no snapshot", {"first rand4k target 4x": 4.0}), ""))
-    figs.append(("Latency over time: first-touch vs rewrite (fio latency logs, rep 1)",
-                 fig_latlog(results, out), ""))
-    sr = [r for r in results["ratios"] if r["name"].startswith("snapread/")]
-    figs.append(("Snapshot sequential reads, ratio to origin reads",
-                 fig_simple_bars(results, out, "snapshot_reads.png",
-                                 "Snapshot read throughput / origin read throughput",
-                                 "ratio", [(f"{r['num']['target']}\n{r['num']['frac'] * 100:g}% "
-                                            "changed", r) for r in sr],
-                                 {"target 0.9 (10%)": 0.9, "target 0.7 (50%)": 0.7}),
-                 _ratio_table(results["ratios"], "snapread/") +
-                 _summary_table(results["summaries"], "snapread", ("read_bw",))))
-    figs.append(("`start` latency", fig_start(results, out),
-                 _summary_table(results["summaries"], "filesize", ("start_latency_us",
-                                                                   "start_wall_us")) +
-                 _summary_table(results["summaries"], "start", ("start_latency_us",
-                                                                "start_wall_us"))))
+    ratios, summ, runs = results["ratios"], results["summaries"], results["runs"]
+    figs = [_figure("Origin write throughput, ratio to no snapshot",
+                    fig_compare(results, out, "write_bw", "write_throughput.png",
+                                "Origin write throughput / no snapshot (median; bars: min..max)",
+                                "ratio to no snapshot",
+                                {"rewrite target 0.95": 0.95, "seq first target 0.5": 0.5,
+                                 "rand first target 0.33": 0.33}),
+                    [_ratio_rows(ratios, "compare/")],
+                    [_summary_rows(summ, "compare", ("write_bw", "write_iops", "write_p50_us",
+                                                     "write_p99_us", "read_bw"))]),
+            _figure("Origin write latency p50, ratio to no snapshot",
+                    fig_compare(results, out, "write_p50_us", "latency_p50.png",
+                                "Write latency p50 / no snapshot (lower is better)",
+                                "ratio to no snapshot", {"1x": 1.0})),
+            _figure("Origin write latency p99, ratio to no snapshot",
+                    fig_compare(results, out, "write_p99_us", "latency_p99.png",
+                                "Write latency p99 / no snapshot (lower is better)",
+                                "ratio to no snapshot", {"first rand4k target 4x": 4.0})),
+            _figure("Latency over time: first-touch vs rewrite (fio latency logs, rep 1)",
+                    fig_latlog(results, out))]
+    sr = _ratio_rows(ratios, "snapread/")
+    figs.append(_figure("Snapshot sequential reads, ratio to origin reads",
+                        fig_simple_bars(results, out, "snapshot_reads.png",
+                                        "Snapshot read throughput / origin read throughput",
+                                        "ratio", [(f"{r['num']['target']}\n"
+                                                   f"{r['num']['frac'] * 100:g}% changed", r)
+                                                  for r in sr],
+                                        {"target 0.9 (10%)": 0.9, "target 0.7 (50%)": 0.7}),
+                        [sr], [_summary_rows(summ, "snapread", ("read_bw",))]))
+    figs.append(_figure("`start` latency", fig_start(results, out), [],
+                        [_summary_rows(summ, "filesize", ("start_latency_us", "start_wall_us")),
+                         _summary_rows(summ, "start", ("start_latency_us", "start_wall_us"))]))
     cowrows = []
     for wl in WORKLOADS:
         for t in ("cblb", "dm4k", "dm64k"):
-            v = an.values(results["runs"], {"experiment": "compare", "target": t, "workload": wl,
-                                            "phase": "first"}, "cow_per_byte")
+            v = an.values(runs, {"experiment": "compare", "target": t, "workload": wl,
+                                 "phase": "first"}, "cow_per_byte")
             if v:
                 st = an.stats(v)
                 cowrows.append((f"{wl}\n{t}", {"value": st["median"], "lo": st["min"],
-                                               "hi": st["max"]}))
-    figs.append(("COW bytes per byte written (first-touch pass)",
-                 fig_simple_bars(results, out, "cow_per_byte.png",
-                                 "Bytes copied to the COW store per byte written (first pass)",
-                                 "COW bytes / written bytes", cowrows, {"1.0": 1.0}),
-                 "<p>dm-snapshot figures count exception data only (metadata apart). The "
-                 "rewrite pass copies nothing for either (see raw figures).</p>" +
-                 _summary_table(results["summaries"], "compare", ("cow_per_byte", "cow_bytes"))))
-    figs.append(("Temp-file count and growth", fig_growth(results, out),
-                 _summary_table(results["summaries"], "filesize", ("write_bw", "files_used",
-                                                                   "failed")) +
-                 _ratio_table(results["ratios"], "filesize/") +
-                 _summary_table(results["summaries"], "maxfiles", ("files_used", "failed",
-                                                                   "fio_ok", "write_bw"))))
+                                                "hi": st["max"]}))
+    figs.append(_figure("COW bytes per byte written (first-touch pass)",
+                        fig_simple_bars(results, out, "cow_per_byte.png",
+                                        "Bytes copied to the COW store per byte written "
+                                        "(first pass)", "COW bytes / written bytes", cowrows,
+                                        {"1.0": 1.0}),
+                        [], [_summary_rows(summ, "compare", ("cow_per_byte", "cow_bytes"))],
+                        note="dm-snapshot figures count exception data only (metadata apart). "
+                             "The rewrite pass copies nothing for either (see raw figures)."))
+    figs.append(_figure("Temp-file count and growth", fig_growth(results, out),
+                        [_ratio_rows(ratios, "filesize/")],
+                        [_summary_rows(summ, "filesize", ("write_bw", "files_used", "failed")),
+                         _summary_rows(summ, "maxfiles", ("files_used", "failed", "fio_ok",
+                                                          "write_bw"))]))
     idx = []
     for wl in WORKLOADS:
-        v = an.values(results["runs"], {"experiment": "compare", "target": "cblb",
-                                        "workload": wl, "phase": "first"}, "index_per_chunk")
-        if v:
-            st = an.stats(v)
-            idx.append((f"{wl}\nindex_bytes", {"value": st["median"], "lo": st["min"],
-                                               "hi": st["max"]}))
-        v = an.values(results["runs"], {"experiment": "compare", "target": "cblb",
-                                        "workload": wl, "phase": "first"}, "slab_per_chunk")
-        if v:
-            st = an.stats(v)
-            idx.append((f"{wl}\nslab delta", {"value": st["median"], "lo": st["min"],
-                                              "hi": st["max"]}))
-    figs.append(("Kernel memory of the index per copied chunk",
-                 fig_simple_bars(results, out, "index_memory.png",
-                                 "Index memory per copied 4 KiB chunk (bytes)", "bytes / chunk",
-                                 idx, {"target 8 B": 8.0}),
-                 "<p>index_bytes is the module's own estimate (sysfs); 'slab delta' is the "
-                 "growth of the radix_tree_node slab cache over the run (/proc/slabinfo), a "
-                 "noisy cross-check: other xarray users share that cache.</p>" +
-                 _summary_table(results["summaries"], "compare", ("index_per_chunk",
-                                                                  "slab_per_chunk"))))
-    tot = [r for r in results["ratios"] if r["name"].startswith("totals/")]
-    figs.append(("total=N sweep", fig_simple_bars(
+        for metric, label in (("index_per_chunk", "index_bytes"), ("slab_per_chunk",
+                                                                   "slab delta")):
+            v = an.values(runs, {"experiment": "compare", "target": "cblb", "workload": wl,
+                                 "phase": "first"}, metric)
+            if v:
+                st = an.stats(v)
+                idx.append((f"{wl}\n{label}", {"value": st["median"], "lo": st["min"],
+                                                "hi": st["max"]}))
+    figs.append(_figure("Kernel memory of the index per copied chunk",
+                        fig_simple_bars(results, out, "index_memory.png",
+                                        "Index memory per copied 4 KiB chunk (bytes)",
+                                        "bytes / chunk", idx, {"target 8 B": 8.0}),
+                        [], [_summary_rows(summ, "compare", ("index_per_chunk",
+                                                             "slab_per_chunk"))],
+                        note="index_bytes is the module's own estimate (sysfs); 'slab delta' "
+                             "is the growth of the radix_tree_node slab cache over the run "
+                             "(/proc/slabinfo), a noisy cross-check: other xarray users share "
+                             "that cache."))
+    tot = _ratio_rows(ratios, "totals/")
+    figs.append(_figure("total=N sweep", fig_simple_bars(
         results, out, "totals.png", "First-touch 4 KiB random write throughput vs total=N "
         "(ratio to the smallest N, one snapshot)", "ratio",
         [(f"N={r['num']['total']}\n{r['num']['variant']}", r) for r in tot],
-        {"target 0.97": 0.97}),
-        _ratio_table(results["ratios"], "totals/") +
-        _summary_table(results["summaries"], "totals", ("write_bw",))))
-    tr = [r for r in results["ratios"] if r["name"].startswith(("tracer/", "catorigin/"))]
-    figs.append(("Tracer cost and catalog placement", fig_simple_bars(
+        {"target 0.97": 0.97}), [tot], [_summary_rows(summ, "totals", ("write_bw",))]))
+    tr = [r for r in ratios if r["name"].startswith(("tracer/", "catorigin/"))]
+    figs.append(_figure("Tracer cost and catalog placement", fig_simple_bars(
         results, out, "tracer_catalog.png", "Tracer cost (module loaded, snapshot elsewhere) "
         "and catalog on the origin filesystem", "ratio to baseline",
         [(r["name"].replace("/", "\n", 1), r) for r in tr], {"0.98": 0.98}),
-        _ratio_table(results["ratios"], "tracer/") + _ratio_table(results["ratios"], "catorigin/")
-        + _summary_table(results["summaries"], "tracer", ("write_bw",))
-        + _summary_table(results["summaries"], "catorigin", ("write_bw",))))
-    ver = [r for r in results["runs"] if r["experiment"] == "verify"]
-    vhtml = "<p>skipped: no hashing engine available (see notes).</p>"
-    if ver:
-        v = ver[0]
-        vhtml = (f"<p>Hashing the snapshot device: <b>{v['metrics']['hash_bw'] / 1e6:.1f} MB/s"
-                 f"</b> with {html.escape(v['info']['engine'])}; reading the same device with "
-                 f"fio: {v['metrics']['read_bw'] / 1e6:.1f} MB/s (ratio "
-                 f"{v['metrics']['hash_bw'] / v['metrics']['read_bw']:.2f}).</p>"
-                 if v["metrics"].get("read_bw") else "")
-
-    parts = [f"<!doctype html><html><head><meta charset=utf-8><title>cblb benchmark "
-             f"({html.escape(m['mode'])})</title><style>{CSS}</style></head><body>",
-             f"<h1>cblb benchmark: {html.escape(m['mode'])} mode</h1>",
-             f"<p class=env>{env}</p>",
-             "<div class=warn><b>Read ratios, not absolute numbers.</b> "
-             + ("This run used an emulated CPU (QEMU TCG, no KVM): absolute throughput and "
-                "latency are 5-20x off real hardware and vary with the host's load. "
-                if m["machine"].get("emulated") else "")
-             + f"Storage: {html.escape(m['storage'])}. Every ratio compares targets measured "
-             f"in the same run on the same device, repetitions interleaved. "
-             f"{html.escape(noise_line(results))}</div>",
-             "<h2>Recommendation</h2><ul>"
-             + "".join(f"<li>{html.escape(t)}</li>" for t in results["recommendation"]["text"])
-             + "</ul>",
-             "<h2>Targets beside the measurements</h2>",
-             f"<p class=env>{env}</p>", _target_table(results["targets"]),
-             "<p>First-touch = the first write to each block after the snapshot (forces a "
-             "copy); rewrite = the same blocks written again (already copied). "
-             f"'{html.escape(OVERWRITE_LABEL)}' is the rand4k rewrite pass.</p>"]
-    for title, img, extra in figs:
-        parts.append(f"<h2>{html.escape(title)}</h2>")
-        if img:
-            parts.append(f"<figure><img src='{img}' alt='{html.escape(title)}'>"
-                         f"<figcaption class=env>{env}</figcaption></figure>")
-        else:
-            parts.append("<p>not measured in this run.</p>")
-        parts.append(extra or "")
-    parts.append("<h2>Verification throughput</h2>" + vhtml + f"<p class=env>{env}</p>")
-    parts.append("<h2>Method</h2><ul>"
-                 f"<li>mode {html.escape(m['mode'])}, started {m.get('started')}, "
-                 f"{m.get('duration_s', '?')} s; fio {html.escape(m.get('fio_version', ''))}; "
-                 f"cblb {html.escape(m.get('cblb_version', ''))}</li>"
-                 f"<li>kernel command line: <span class=env>"
-                 f"{html.escape(m['kernel'].get('cmdline', ''))}</span></li>"
-                 "<li>fio: direct=1, libaio, randrepeat=1, fixed seed; the first pass covers "
-                 "the region once (capped in time for slow targets); the rewrite pass replays "
-                 "exactly the bytes of the first pass (io_size).</li>"
-                 "<li>Warm-up runs (quarter-size, every target and workload) are recorded "
-                 "with warmup=true and left out of every figure.</li>"
-                 "<li>dm-snapshot: snapshot-origin + snapshot target, persistent store, as LVM "
-                 "sets it up.</li></ul>")
-    if m.get("notes"):
-        parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>"
-                                                    for n in m["notes"]) + "</ul>")
-    parts.append("<p><a href='results.json'>results.json</a> holds every raw figure.</p>"
-                 "</body></html>")
+        [_ratio_rows(ratios, "tracer/"), _ratio_rows(ratios, "catorigin/")],
+        [_summary_rows(summ, "tracer", ("write_bw",)),
+         _summary_rows(summ, "catorigin", ("write_bw",))]))
+    ver = [r for r in runs if r["experiment"] == "verify"]
+    verify = ({**ver[0]["metrics"], "engine": ver[0]["info"]["engine"]} if ver else None)
+    page = _template().render(
+        m=results["meta"], css=CSS, env=env_line(results), noise=noise_line(results),
+        recommendation=results["recommendation"]["text"], targets=_targets(results["targets"]),
+        overwrite_label=OVERWRITE_LABEL, figures=figs, verify=verify)
     p = out / "report.html"
-    p.write_text("\n".join(parts))
+    p.write_text(page)
     return p
 
 

@@ -183,3 +183,14 @@ def test_cli_registers_bench_and_report_only(tmp_path: Path, capsys):
     assert main(["bench", "--report-only", str(tmp_path)]) == 0
     assert (tmp_path / "report.html").exists()
     assert main(["bench", "--report-only", str(tmp_path / "nope")]) == 1
+
+
+def test_report_comes_from_the_template_and_escapes(tmp_path: Path):
+    res = synthetic()
+    res["meta"]["notes"] = ["<script>alert(1)</script> & more"]
+    res["meta"]["storage"] = "RAM <b>disk</b>"
+    html = report.render(res, tmp_path).read_text()
+    assert "<script>alert(1)" not in html and "&lt;script&gt;alert(1)&lt;/script&gt; &amp; more" in html
+    assert "RAM &lt;b&gt;disk&lt;/b&gt;" in html
+    assert html.startswith("<!doctype html>") and html.rstrip().endswith("</html>")
+    assert "<h2>Notes</h2>" in html and "<span class=ok>yes</span>" in html
