@@ -1,7 +1,8 @@
 """Type stub for the Cython extension ext/_blockhash.pyx (XXH3 block hashing, GIL released)."""
 
-from typing_extensions import Buffer
 from typing import ClassVar
+
+from typing_extensions import Buffer
 
 IMPLEMENTATION: str
 LIBXXHASH_VERSION: tuple[int, int, int]

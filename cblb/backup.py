@@ -28,8 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import CblbError
-from .hashing import (DEFAULT_ALGORITHM, DEFAULT_BLOCK_SIZE, Engine, Progress, Source,
-                      differing_blocks)
+from .hashing import DEFAULT_ALGORITHM, DEFAULT_BLOCK_SIZE, Engine, Progress, Source, differing_blocks
 from .manifest import ManifestWriter, _fsync_dir
 
 PROGRESS_SUFFIX = ".progress"

@@ -212,9 +212,10 @@ def check_block_device(path: str,
     try:
         st = stat_fn(path)
     except FileNotFoundError:
-        raise CblbError(f"{path}: no such device; give a partition such as /dev/sda2", E.ENOENT)
+        raise CblbError(f"{path}: no such device; give a partition such as /dev/sda2",
+                        E.ENOENT) from None
     except PermissionError:
-        raise CblbError(f"{path}: permission denied; run as root", E.EACCES)
+        raise CblbError(f"{path}: permission denied; run as root", E.EACCES) from None
     if not stat.S_ISBLK(st.st_mode):
         raise CblbError(f"{path} is not a block device; give a partition such as /dev/sda2",
                         E.ENOTBLK)

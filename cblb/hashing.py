@@ -27,7 +27,7 @@ import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Generator, Iterable, Iterator
 
 import xxhash
 
@@ -145,7 +145,7 @@ def reference_differing_blocks(a: bytes, b: bytes, ds: int) -> list[int]:
     return out + list(range(min(na, nb), max(na, nb)))
 
 
-def differing_blocks(a: bytes, b: bytes, ds: int) -> list[int]:
+def differing_blocks(a: bytes | bytearray, b: bytes | bytearray, ds: int) -> list[int]:
     if _ext is None:
         return reference_differing_blocks(a, b, ds)
     return _ext.differing_blocks(a, b, ds)
@@ -319,7 +319,7 @@ class Engine:
             yield b, off, min(nb * self.block_size, size - off)
             b += nb
 
-    def ordered(self, fn: Callable[..., bytes], tasks: Iterable[tuple]) -> Iterator[bytes]:
+    def ordered(self, fn: Callable[..., bytearray], tasks: Iterable[tuple]) -> Iterator[bytearray]:
         """Run fn(*task) on the pool, a bounded window at a time; yield results in order.
         On an error or an early stop, pending tasks are cancelled and running ones waited
         for, so no thread still uses a file descriptor the caller is about to close."""
@@ -378,7 +378,7 @@ class Engine:
         return out
 
     def copy(self, src: Source, dst_fd: int, dst_path: str, first_block: int = 0
-             ) -> Iterator[tuple[int, int, bytearray]]:
+             ) -> Generator[tuple[int, int, bytearray], None, None]:
         """Copy ``src`` to ``dst_fd`` from ``first_block`` on, span by span on the pool;
         yield (first block, bytes, digests) in order."""
         spans = list(self.spans(src.size, first_block))

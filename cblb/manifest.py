@@ -175,7 +175,8 @@ class Manifest:
         h.update(mv[HEADER_SIZE:])
         mv.release()
         if h.intdigest() != hdr.checksum:
-            data.close()
+            if isinstance(data, mmap.mmap):
+                data.close()
             raise CblbError(f"{path}: manifest checksum mismatch (stored {hdr.checksum:016x}, "
                             f"computed {h.intdigest():016x}): the file is corrupted; "
                             "re-create it with 'cblb manifest'", E.EBADMSG)

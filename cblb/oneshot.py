@@ -16,8 +16,15 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from .control import (MAX_FILES, SECTOR, Controller, Snapshot, block_device_size,
-                      check_block_device, validate_name)
+from .control import (
+    MAX_FILES,
+    SECTOR,
+    Controller,
+    Snapshot,
+    block_device_size,
+    check_block_device,
+    validate_name,
+)
 from .errors import CblbError
 
 MIB = 1 << 20

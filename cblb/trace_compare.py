@@ -17,9 +17,9 @@ import subprocess
 from pathlib import Path
 from typing import Any, Callable
 
+from . import trace as _trace
 from .control import Controller
 from .errors import CblbError
-from . import trace as _trace
 from .trace import Tracer, resolve_device
 
 DEFAULT_FIO = ["--rw=randwrite", "--bs=4k", "--direct=1", "--ioengine=psync",
@@ -156,7 +156,9 @@ def render_compare(r: dict[str, Any]) -> str:
     a, b = r["without"], r["with"]
 
     def row(label: str, x: Any, y: Any, rt: Any) -> str:
-        f = (lambda v: "-" if v is None else f"{v:.1f}")
+        def f(v: Any) -> str:
+            return "-" if v is None else f"{v:.1f}"
+
         rs = "-" if rt is None else f"{rt:.2f}x"
         return f"{label:<26}{f(x):>10}{f(y):>10}{rs:>9}"
 

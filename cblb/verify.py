@@ -19,12 +19,11 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from itertools import zip_longest
-from typing import Any, Iterator, Union
+from typing import Any, Generator, Union
 
-from .control import SECTOR, Controller, SnapshotState
+from .control import SECTOR, Controller
 from .errors import CblbError
-from .hashing import (DEFAULT_ALGORITHM, DEFAULT_BLOCK_SIZE, Engine, Progress, Source,
-                      differing_blocks)
+from .hashing import DEFAULT_ALGORITHM, DEFAULT_BLOCK_SIZE, Engine, Progress, Source, differing_blocks
 from .manifest import Manifest, ManifestWriter, is_manifest
 
 Side = Union[Source, Manifest]
@@ -94,13 +93,14 @@ def _size(side: Side) -> int:
     return side.header.size if isinstance(side, Manifest) else side.size
 
 
-def _stream(engine: Engine, side: Side, progress: Progress | None) -> Iterator[bytes]:
+def _stream(engine: Engine, side: Side,
+            progress: Progress | None) -> Generator[bytes | bytearray, None, None]:
     if isinstance(side, Manifest):
         for _b, d in side.spans(engine.span_blocks):
             yield d
     else:
-        for _b, d in engine.digests(side, progress=progress):
-            yield d
+        for _b, computed in engine.digests(side, progress=progress):
+            yield computed
 
 
 def compare(engine: Engine, a: Side, b: Side, progress: Progress | None = None) -> Comparison:
@@ -174,8 +174,10 @@ def verify_paths(a: str, b: str, block_size: int | None = None, algorithm: str |
                  progress: Progress | None = None) -> Comparison:
     """``cblb verify A --against B`` as a library call."""
     with ExitStack() as stack:
-        sa = stack.enter_context(open_side(a, direct))
-        sb = stack.enter_context(open_side(b, direct))
+        sa = open_side(a, direct)
+        stack.callback(sa.close)
+        sb = open_side(b, direct)
+        stack.callback(sb.close)
         engine = stack.enter_context(engine_for(sa, sb, block_size, algorithm, threads))
         return compare(engine, sa, sb, progress)
 

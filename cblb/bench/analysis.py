@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Callable
 from typing import Any, Iterable
 
 SEL_KEYS = ("experiment", "target", "workload", "phase", "frac", "total", "variant",
@@ -136,7 +137,9 @@ def figure(runs: list[dict[str, Any]], sel: dict[str, Any], metric: str,
     v = values(runs, sel, metric)
     if not v:
         return None
-    return {"median": statistics.median, "max": max, "min": min}[agg](v)
+    pick: dict[str, Callable[[list[float]], float]] = {"median": statistics.median, "max": max,
+                                                       "min": min}
+    return pick[agg](v)
 
 
 def targets(runs: list[dict[str, Any]], ratios: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 from . import analysis as an
@@ -232,8 +233,9 @@ def _targets(targets: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _figure(title: str, img: str | None, ratio_tables: list[list[dict[str, Any]]] = (),
-            summary_tables: list[list[dict[str, Any]]] = (), note: str = "") -> dict[str, Any]:
+def _figure(title: str, img: str | None, ratio_tables: Sequence[list[dict[str, Any]]] = (),
+            summary_tables: Sequence[list[dict[str, Any]]] = (),
+            note: str = "") -> dict[str, Any]:
     return {"title": title, "img": img, "note": note,
             "ratio_tables": [t for t in ratio_tables if t],
             "summary_tables": [t for t in summary_tables if t]}

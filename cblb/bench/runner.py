@@ -15,6 +15,7 @@ rotates, so drift of a shared, busy machine spreads over all targets alike.
 from __future__ import annotations
 
 import datetime as _dt
+from functools import partial
 import json
 import math
 import os
@@ -518,20 +519,20 @@ class Runner:
             for t in m.targets:
                 for wl in WORKLOADS.values():
                     add(f"warm-up {t} {wl.name}", tw[t] * rw[wl.name] / 4,
-                        lambda t=t, wl=wl: self.compare_one(t, wl, -1, True, 0.25))
+                        partial(self.compare_one, t, wl, -1, True, 0.25))
         for rep in range(m.reps):
             order = list(m.targets[rep % len(m.targets):] + m.targets[:rep % len(m.targets)])
             for t in order:
                 for wl in WORKLOADS.values():
                     add(f"compare rep {rep + 1}/{m.reps} {t:5s} {wl.name} (first + rewrite)",
                         tw[t] * rw[wl.name] * 2,
-                        lambda t=t, wl=wl, rep=rep: self.compare_one(t, wl, rep, False))
+                        partial(self.compare_one, t, wl, rep, False))
         for frac in m.fracs:
             for rep in range(m.reps):
                 for t in m.snapread_targets:
                     add(f"snapshot reads {t} {int(frac * 100)}% changed rep {rep + 1}",
                         tw[t] * m.snapread_region / MiB * (0.5 + frac),
-                        lambda t=t, frac=frac, rep=rep: self.snapread_one(t, frac, rep))
+                        partial(self.snapread_one, t, frac, rep))
         for rep in range(m.sweep_reps):
             for total in m.totals:
                 for variant in ("one", "several"):
@@ -539,22 +540,21 @@ class Runner:
                         continue
                     add(f"total={total} {variant} snapshot(s) rep {rep + 1}",
                         2 * m.sweep_region / MiB + 2,
-                        lambda total=total, variant=variant, rep=rep:
-                        self.totals_one(total, variant, rep))
+                        partial(self.totals_one, total, variant, rep))
         for rep in range(m.sweep_reps):
             for variant in ("unloaded", "loaded") if rep % 2 == 0 else ("loaded", "unloaded"):
                 add(f"tracer cost: module {variant} rep {rep + 1}", m.sweep_region / MiB + 2,
-                    lambda variant=variant, rep=rep: self.tracer_one(variant, rep))
+                    partial(self.tracer_one, variant, rep))
         add("reload total=4", 1, lambda: self.reload(4))
         for rep in range(m.sweep_reps):
             for fsz in m.file_sizes:
                 add(f"file size {fsz} blocks ({fsz * 512 // MiB or fsz * 512 // 1024} "
                     f"{'MiB' if fsz * 512 >= MiB else 'KiB'}) rep {rep + 1}",
                     2 * m.sweep_region / MiB + 1,
-                    lambda fsz=fsz, rep=rep: self.filesize_one(fsz, rep))
+                    partial(self.filesize_one, fsz, rep))
         for mf in m.max_files:
             add(f"max files {mf} (1 MiB files)", 2 * m.sweep_region / MiB,
-                lambda mf=mf: self.maxfiles_one(mf))
+                partial(self.maxfiles_one, mf))
         add("mounted origin: start latency per file size, catalog on origin",
             len(m.file_sizes) * m.sweep_reps + (12 * m.sweep_region / MiB * m.sweep_reps
                                                 if m.catalog_on_origin else 0),

@@ -8,7 +8,7 @@ import errno as E
 import os
 
 from ..backup import MANIFEST_SUFFIX, backup
-from ..control import NAME_RE, Controller, SnapshotState
+from ..control import NAME_RE, Controller
 from ..errors import CblbError
 from ..hashing import ALGORITHMS, DEFAULT_ALGORITHM, DEFAULT_BLOCK_SIZE
 from ..output import emit_json, human_bytes

@@ -20,9 +20,9 @@ import sys
 import time
 from typing import Any
 
+from .. import trace as tracemod
 from ..control import Controller
 from ..errors import CblbError
-from .. import trace as tracemod
 from ..trace import Tracer
 from ..trace_compare import compare, render_compare
 from ..units import parse_bytes

@@ -21,8 +21,16 @@ from ..errors import CblbError
 from ..hashing import ALGORITHMS, DEFAULT_BLOCK_SIZE, check_block_size, parse_size
 from ..output import emit_json, human_bytes
 from ..progress import progress_bar
-from ..verify import (Comparison, diff_snapshot, format_ranges, make_manifest, open_side,
-                      total_bytes, engine_for, compare)
+from ..verify import (
+    Comparison,
+    compare,
+    diff_snapshot,
+    engine_for,
+    format_ranges,
+    make_manifest,
+    open_side,
+    total_bytes,
+)
 
 EXIT_BUG = 3
 

@@ -65,10 +65,10 @@ class Site:
 
 @pytest.fixture(scope="module")
 def host_site(tmp_path_factory):
+    from web.standin import StandInController, StandInSampler
     from werkzeug.serving import make_server
 
     from web import create_app
-    from web.standin import StandInController, StandInSampler
 
     tmp = tmp_path_factory.mktemp("browser")
     (tmp / "catalog").mkdir()

@@ -17,8 +17,16 @@ from cblb import cli
 from cblb.commands import verify as verify_cmd
 from cblb.control import Snapshot, SnapshotState
 from cblb.errors import CblbError
-from cblb.verify import (Comparison, account, count_outside, diff_snapshot,
-                         extents_to_blocks, format_ranges, make_manifest, verify_paths)
+from cblb.verify import (
+    Comparison,
+    account,
+    count_outside,
+    diff_snapshot,
+    extents_to_blocks,
+    format_ranges,
+    make_manifest,
+    verify_paths,
+)
 
 BS = 4096
 SIZE = 37 * BS + 1234  # 38 blocks, the last one partial

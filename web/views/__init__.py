@@ -77,6 +77,6 @@ def remember_panel(sig: tuple) -> None:
 
 
 def panel_is_stale(sig: tuple) -> bool:
-    sid = session.get("sid")
+    sid = str(session.get("sid", ""))
     with _rendered_lock:
         return _rendered().get(sid) != sig

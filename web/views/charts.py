@@ -6,15 +6,15 @@ Both read the History worker's buffers; nothing here samples anything.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
-from flask import Blueprint, redirect, render_template, request, url_for
+from flask import Blueprint, redirect, render_template, url_for
 
 from cblb.output import human_bytes
 
-from .. import svg
+from .. import htmx, svg
 from ..history import project
-from .. import htmx
 from . import history
 
 bp = Blueprint("charts", __name__)
@@ -31,6 +31,10 @@ def duration(sec: float) -> str:
     if sec < 2 * 86400:
         return f"{sec // 3600} h {sec % 3600 // 60} min"
     return f"{sec // 86400} days"
+
+
+def _in_unit(unit: str) -> Callable[[float], str]:
+    return lambda v: f"{v:g} {unit}"
 
 
 def io_context() -> dict[str, Any]:
@@ -93,7 +97,7 @@ def growth_context() -> dict[str, Any]:
         hl = [svg.HLine(last.store_bytes / unit, f"store {human_bytes(last.store_bytes)}")] \
             if last.store_bytes else []
         chart = svg.Chart(f"{name}: temp-file store use", series, markers, hl,
-                          y_fmt=lambda v, u=uname: f"{v:g} {u}",
+                          y_fmt=_in_unit(uname),
                           x_range=(pts[0].ts, max(x_end, pts[0].ts + 1)))
         charts.append({"name": name, "svg": svg.render(chart), "legend": svg.legend(series),
                        "caption": caption, "files_used": last.files_used,

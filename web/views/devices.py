@@ -6,8 +6,15 @@ import json
 import time
 from typing import Any, Iterator
 
-from flask import (Blueprint, Response, current_app, redirect, render_template, request,
-                   stream_with_context, url_for)
+from flask import (
+    Blueprint,
+    Response,
+    current_app,
+    redirect,
+    render_template,
+    stream_with_context,
+    url_for,
+)
 
 from .. import htmx
 from . import Problem, history, module_status, panel_is_stale, signature

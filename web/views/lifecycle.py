@@ -18,8 +18,16 @@ import shutil
 from collections.abc import Callable
 from typing import Any
 
-from flask import (Blueprint, current_app, flash, get_flashed_messages, redirect,
-                   render_template, request, url_for)
+from flask import (
+    Blueprint,
+    current_app,
+    flash,
+    get_flashed_messages,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
 
 from cblb.control import MAX_FILES, MAX_TOTAL, SECTOR, validate_name
 from cblb.errors import CblbError
