@@ -128,6 +128,8 @@ struct cblb_store {
 	bool on_origin;			/* DIRECT: bdev overlaps the origin; whole store made
 					 * before the freeze, see LAYOUTS.md */
 	struct workqueue_struct *read_wq;	/* FILE: snapshot reads of copied chunks */
+	struct block_device *home;	/* where the store's data lands (DIRECT: bdev; FILE:
+					 * the real filesystem's device, NULL for tmpfs/NFS) */
 	u64 file_chunks;		/* slots in one temp file */
 	u64 file_bytes;
 	unsigned int max_files;
@@ -194,6 +196,8 @@ struct cblb_snapshot {
 	struct gendisk *disk;
 	struct bio_set read_bs;
 
+	/* Protects store's lifetime (init, a failed start's exit) against sysfs show(). */
+	struct mutex store_mutex;
 	struct cblb_store store;
 };
 
@@ -235,14 +239,15 @@ void cblb_cow_endio(struct bio *bio);
 /* reads.c */
 void cblb_reads_init(struct cblb_snapshot *s);
 void cblb_reads_begin(struct cblb_snapshot *s, struct cblb_read_range *r, u64 first, u64 last);
+void cblb_reads_forget(struct cblb_snapshot *s, struct cblb_read_range *r);
 void cblb_reads_end(struct cblb_snapshot *s, struct cblb_read_range *r);
 bool cblb_reads_overlap(struct cblb_snapshot *s, u64 first, u64 last);
 void cblb_reads_wait(struct cblb_snapshot *s, u64 first, u64 last);
 void cblb_reads_close(struct cblb_snapshot *s);
 
 /* stack.c */
-bool cblb_stack_reaches_origin(struct cblb_snapshot *s, struct block_device *bdev,
-			       char *top, size_t top_size);
+int cblb_stack_reaches_origin(struct cblb_snapshot *s, struct block_device *bdev,
+			      char *top, size_t top_size);
 
 /* store.c */
 int cblb_store_init(struct cblb_snapshot *s, const char *catalog, u64 file_blocks,

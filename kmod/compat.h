@@ -17,6 +17,7 @@
 #include <linux/blkdev.h>
 #include <linux/fs.h>
 #include <linux/err.h>
+#include <linux/mount.h>
 
 #if LINUX_VERSION_CODE < KERNEL_VERSION(6, 1, 0)
 #error "cblb needs Linux 6.1 or newer"
@@ -103,13 +104,13 @@ static inline struct gendisk *cblb_alloc_disk(unsigned int lbs)
 #endif
 }
 
-/* Unlink dentry from dir as the filesystem's own user (no idmapped mount). */
-static inline int cblb_vfs_unlink(struct inode *dir, struct dentry *dentry)
+/* Unlink dentry from dir, seen through mount mnt (idmapped or not). */
+static inline int cblb_vfs_unlink(struct vfsmount *mnt, struct inode *dir, struct dentry *dentry)
 {
 #if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 3, 0)
-	return vfs_unlink(&nop_mnt_idmap, dir, dentry, NULL);
+	return vfs_unlink(mnt_idmap(mnt), dir, dentry, NULL);
 #else
-	return vfs_unlink(&init_user_ns, dir, dentry, NULL);
+	return vfs_unlink(mnt_user_ns(mnt), dir, dentry, NULL);
 #endif
 }
 

@@ -44,19 +44,34 @@ void cblb_reads_begin(struct cblb_snapshot *s, struct cblb_read_range *r, u64 fi
 	list_add_tail(&r->node, &s->reads);
 }
 
-/* A counted clone is done; r (may be NULL) leaves the list. Any context. */
+/* A registered read of the origin is done: r leaves the list. Any context. */
+void cblb_reads_forget(struct cblb_snapshot *s, struct cblb_read_range *r)
+{
+	unsigned long flags;
+
+	spin_lock_irqsave(&s->read_lock, flags);
+	list_del(&r->node);
+	if (wq_has_sleeper(&s->read_wq))
+		wake_up_all(&s->read_wq);
+	spin_unlock_irqrestore(&s->read_lock, flags);
+}
+
+/*
+ * A counted clone is done, its memory already given back. The last thing the clone's
+ * path does with s: remove may free s once it has seen nr_clones reach zero and taken
+ * read_lock (cblb_reads_close), so the drop and the wake happen under read_lock.
+ */
 void cblb_reads_end(struct cblb_snapshot *s, struct cblb_read_range *r)
 {
 	unsigned long flags;
 
-	if (r) {
-		spin_lock_irqsave(&s->read_lock, flags);
+	spin_lock_irqsave(&s->read_lock, flags);
+	if (r)
 		list_del(&r->node);
-		spin_unlock_irqrestore(&s->read_lock, flags);
-	}
 	atomic_dec(&s->nr_clones);
 	if (wq_has_sleeper(&s->read_wq))
 		wake_up_all(&s->read_wq);
+	spin_unlock_irqrestore(&s->read_lock, flags);
 }
 
 static bool reads_overlap_locked(struct cblb_snapshot *s, u64 first, u64 last)
@@ -98,4 +113,7 @@ void cblb_reads_close(struct cblb_snapshot *s)
 	s->reads_closed = true;
 	spin_unlock_irq(&s->read_lock);
 	wait_event(s->read_wq, !atomic_read(&s->nr_clones));
+	/* The last cblb_reads_end() may still be inside read_lock: wait for it to leave. */
+	spin_lock_irq(&s->read_lock);
+	spin_unlock_irq(&s->read_lock);
 }

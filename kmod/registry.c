@@ -136,6 +136,44 @@ static struct cblb_snapshot *overlapping(struct cblb_snapshot *s)
 	return NULL;
 }
 
+/*
+ * Another snapshot whose origin s's catalog lies on (or on a device built on it): the
+ * store's raw writes would pass that snapshot's copy-on-write, or the two COW workers
+ * would wait on each other. Caller holds cblb_registry_lock; s's store is initialised.
+ */
+static struct cblb_snapshot *catalog_on_other_origin(struct cblb_snapshot *s)
+{
+	char top[BDEVNAME_SIZE];
+	int i;
+
+	lockdep_assert_held(&cblb_registry_lock);
+	if (!s->store.home)
+		return NULL;
+	for (i = 0; i < cblb_total; i++) {
+		struct cblb_snapshot *o = slots[i];
+
+		if (o && o != s && cblb_stack_reaches_origin(o, s->store.home, top, sizeof(top)))
+			return o;
+	}
+	return NULL;
+}
+
+/* A started snapshot whose catalog lies on (or is built on) s's origin. */
+static struct cblb_snapshot *origin_holds_catalog(struct cblb_snapshot *s)
+{
+	char top[BDEVNAME_SIZE];
+	int i;
+
+	lockdep_assert_held(&cblb_registry_lock);
+	for (i = 0; i < cblb_total; i++) {
+		struct cblb_snapshot *o = slots[i];
+
+		if (o && o->store.home && cblb_stack_reaches_origin(s, o->store.home, top, sizeof(top)))
+			return o;
+	}
+	return NULL;
+}
+
 int cblb_cmd_create(const char *name, const char *origin)
 {
 	struct cblb_snapshot *s, *other;
@@ -183,6 +221,7 @@ int cblb_cmd_create(const char *name, const char *origin)
 	s->slot = slot;
 	s->origin_dev = dev;
 	spin_lock_init(&s->state_lock);
+	mutex_init(&s->store_mutex);
 	cblb_reads_init(s);
 	s->state = CBLB_CREATED;
 	s->freeze = "";
@@ -218,6 +257,13 @@ int cblb_cmd_create(const char *name, const char *origin)
 		err = -EBUSY;
 		goto fail_origin;
 	}
+	other = origin_holds_catalog(s);
+	if (other) {
+		pr_notice_ratelimited("create %s: %s holds the catalog %s of snapshot %s (or one built on it); remove %s first\n",
+				      name, origin, other->store.catalog_name, other->name, other->name);
+		err = -EBUSY;
+		goto fail_origin;
+	}
 	err = cblb_sysfs_add(s);
 	if (err)
 		goto fail_sysfs;	/* the kobject's release freed s */
@@ -240,7 +286,7 @@ out_unlock:
 
 int cblb_cmd_start(const char *name, const char *catalog, u64 file_blocks, u32 max_files)
 {
-	struct cblb_snapshot *s;
+	struct cblb_snapshot *s, *other;
 	ktime_t t0;
 	int err, ferr;
 
@@ -263,10 +309,19 @@ int cblb_cmd_start(const char *name, const char *catalog, u64 file_blocks, u32 m
 		goto out_unlock;
 	}
 	t0 = ktime_get();
+	mutex_lock(&s->store_mutex);
 	err = cblb_store_init(s, catalog, file_blocks, max_files);
+	mutex_unlock(&s->store_mutex);
 	if (err) {
 		pr_notice_ratelimited("start %s: catalog %s unusable (%d)\n", name, catalog, err);
 		goto out_unlock;
+	}
+	other = catalog_on_other_origin(s);
+	if (other) {
+		pr_notice_ratelimited("start %s: catalog %s is on the origin %s of snapshot %s (or on a device built on it); put the catalog on another device\n",
+				      name, catalog, other->origin_path, other->name);
+		err = -ELOOP;
+		goto fail_cow;
 	}
 	err = cblb_cow_init(s);
 	if (err)
@@ -306,8 +361,10 @@ fail_freeze:
 	cblb_cow_exit(s);
 	s->dying = false;
 fail_cow:
+	mutex_lock(&s->store_mutex);
 	cblb_store_exit(&s->store);
 	memset(&s->store, 0, sizeof(s->store));
+	mutex_unlock(&s->store_mutex);
 out_unlock:
 	mutex_unlock(&cblb_registry_lock);
 	return err;

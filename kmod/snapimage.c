@@ -54,16 +54,30 @@ static void snap_piece_done(struct bio *parent, blk_status_t status)
 	bio_endio(parent);
 }
 
+/*
+ * A clone is done. The snapshot may be freed as soon as cblb_reads_end() has run (remove
+ * waits for nr_clones), so that comes last, after the clone went back to its bio_set.
+ */
 static void snap_clone_endio(struct bio *bio)
 {
 	struct cblb_clone *c = container_of(bio, struct cblb_clone, bio);
 	struct cblb_snapshot *s = c->snap;
 	struct bio *parent = c->parent;
 	blk_status_t status = bio->bi_status;
+	bool origin = c->origin;
+	struct cblb_read_range *range = origin ? &c->range : NULL;
 
-	cblb_reads_end(s, c->origin ? &c->range : NULL);
+	/*
+	 * A snapshot that failed while this read of the origin was in flight no longer holds
+	 * writes back: what was read may be newer than the point in time.
+	 */
+	if (origin && !status && READ_ONCE(s->state) != CBLB_ACTIVE)
+		status = BLK_STS_IOERR;
+	if (range)
+		cblb_reads_forget(s, range);	/* before the clone (and range) is freed */
 	bio_put(bio);
 	snap_piece_done(parent, status);
+	cblb_reads_end(s, NULL);
 }
 
 static void snap_file_read_fn(struct work_struct *work)
@@ -214,7 +228,10 @@ int cblb_snapimage_create(struct cblb_snapshot *s)
 	struct gendisk *disk;
 	int err;
 
-	err = bioset_init(&s->read_bs, BIO_POOL_SIZE, offsetof(struct cblb_clone, bio), 0);
+	/* One read may need several clones from this pool inside one submit_bio: the
+	 * rescuer keeps them moving under memory pressure. */
+	err = bioset_init(&s->read_bs, BIO_POOL_SIZE, offsetof(struct cblb_clone, bio),
+			  BIOSET_NEED_RESCUER);
 	if (err)
 		return err;
 	disk = cblb_alloc_disk(s->origin_lbs);

@@ -8,7 +8,10 @@
  * (/sys/class/block/<disk>/slaves/, filled by dm and md), and for a loop device the
  * filesystem that holds its backing file (/sys/class/block/<disk>/loop/backing_file),
  * whose device is walked in turn. It stops at the origin (or any device overlapping it),
- * at CBLB_STACK_DEPTH levels, or after CBLB_STACK_DEVICES devices.
+ * or at a device built on nothing. Anything it cannot resolve (no /sys in the caller's
+ * namespace, a loop device whose backing file has no path, more than CBLB_STACK_DEPTH
+ * levels, CBLB_STACK_SLAVES slaves or CBLB_STACK_DEVICES devices) makes the answer
+ * "unknown", which `start` refuses like a hit: never a guess that lets writes loop.
  *
  * Lock story: none. Runs in the `start` writer's process context, under
  * cblb_registry_lock, before the freeze; it opens devices read-only and reads sysfs files.
@@ -36,6 +39,7 @@ struct stack_walk {
 
 struct slave_names {
 	struct dir_context ctx;
+	bool overflow;
 	unsigned int n;
 	char name[CBLB_STACK_SLAVES][BDEVNAME_SIZE];
 };
@@ -45,10 +49,12 @@ static bool collect_slave(struct dir_context *ctx, const char *name, int len, lo
 {
 	struct slave_names *sn = container_of(ctx, struct slave_names, ctx);
 
-	if (name[0] == '.' || len >= BDEVNAME_SIZE)
+	if (name[0] == '.')
 		return true;
-	if (sn->n == CBLB_STACK_SLAVES)
+	if (sn->n == CBLB_STACK_SLAVES || len >= BDEVNAME_SIZE) {
+		sn->overflow = true;
 		return false;
+	}
 	memcpy(sn->name[sn->n], name, len);
 	sn->name[sn->n][len] = '\0';
 	sn->n++;
@@ -74,33 +80,38 @@ static int read_text(const char *path, char *buf, size_t size)
 	return 0;
 }
 
-static bool walk_dev(struct stack_walk *w, dev_t dev, unsigned int depth);
+/* Results of a walk: the origin was reached, it was not, or the walk could not tell. */
+#define WALK_NO		0
+#define WALK_HIT	1
+#define WALK_UNKNOWN	(-1)
+
+static int walk_dev(struct stack_walk *w, dev_t dev, unsigned int depth);
 
 /* The filesystem holding path: the device it lives on, overlayfs' upper layer included. */
-static bool walk_path(struct stack_walk *w, const char *name, unsigned int depth)
+static int walk_path(struct stack_walk *w, const char *name, unsigned int depth)
 {
 	struct path path;
 	struct inode *real;
-	bool hit = false;
+	int res = WALK_NO;
 
 	if (kern_path(name, LOOKUP_FOLLOW, &path))
-		return false;
+		return WALK_UNKNOWN;
 	real = d_real_inode(path.dentry);
 	if (real && real->i_sb->s_bdev)
-		hit = walk_dev(w, real->i_sb->s_bdev->bd_dev, depth + 1);
+		res = walk_dev(w, real->i_sb->s_bdev->bd_dev, depth + 1);
 	else if (path.dentry->d_sb->s_bdev)
-		hit = walk_dev(w, path.dentry->d_sb->s_bdev->bd_dev, depth + 1);
+		res = walk_dev(w, path.dentry->d_sb->s_bdev->bd_dev, depth + 1);
 	path_put(&path);
-	return hit;
+	return res;
 }
 
-static bool walk_slaves(struct stack_walk *w, const char *disk, unsigned int depth)
+static int walk_slaves(struct stack_walk *w, const char *disk, unsigned int depth)
 {
 	struct slave_names *sn;
 	struct file *dir;
 	char *p;
 	unsigned int i;
-	bool hit = false;
+	int res = WALK_UNKNOWN;
 
 	p = kasprintf(GFP_KERNEL, "/sys/class/block/%s/slaves", disk);
 	sn = kzalloc(sizeof(*sn), GFP_KERNEL);
@@ -108,38 +119,51 @@ static bool walk_slaves(struct stack_walk *w, const char *disk, unsigned int dep
 		goto out;
 	dir = filp_open(p, O_RDONLY | O_DIRECTORY, 0);
 	if (IS_ERR(dir))
-		goto out;
+		goto out;	/* every disk has the folder: no /sys here */
 	sn->ctx.actor = collect_slave;
 	iterate_dir(dir, &sn->ctx);
 	fput(dir);
-	for (i = 0; i < sn->n && !hit; i++) {
+	if (sn->overflow)
+		goto out;
+	res = WALK_NO;
+	for (i = 0; i < sn->n && res == WALK_NO; i++) {
 		char devno[24];
 		unsigned int maj, min;
 
 		kfree(p);
 		p = kasprintf(GFP_KERNEL, "/sys/class/block/%s/dev", sn->name[i]);
 		if (!p || read_text(p, devno, sizeof(devno)) ||
-		    sscanf(devno, "%u:%u", &maj, &min) != 2)
-			continue;
-		hit = walk_dev(w, MKDEV(maj, min), depth + 1);
+		    sscanf(devno, "%u:%u", &maj, &min) != 2) {
+			res = WALK_UNKNOWN;
+			break;
+		}
+		res = walk_dev(w, MKDEV(maj, min), depth + 1);
 	}
 out:
 	kfree(sn);
 	kfree(p);
-	return hit;
+	return res;
 }
 
-static bool walk_loop(struct stack_walk *w, const char *disk, unsigned int depth)
+static int walk_loop(struct stack_walk *w, const char *disk, unsigned int depth)
 {
 	char *p = kasprintf(GFP_KERNEL, "/sys/class/block/%s/loop/backing_file", disk);
 	char *backing = kmalloc(PATH_MAX, GFP_KERNEL);
-	bool hit = false;
+	int res = WALK_UNKNOWN, err;
 
-	if (p && backing && !read_text(p, backing, PATH_MAX) && backing[0] == '/')
-		hit = walk_path(w, backing, depth);
+	if (!p || !backing)
+		goto out;
+	err = read_text(p, backing, PATH_MAX);
+	if (err == -ENOENT) {
+		res = WALK_NO;		/* not a loop device */
+		goto out;
+	}
+	if (!err && backing[0] == '/')
+		res = walk_path(w, backing, depth);
+out:
 	kfree(backing);
 	kfree(p);
-	return hit;
+	return res;
 }
 
 static bool overlaps_origin(struct cblb_snapshot *s, struct block_device *bdev)
@@ -150,41 +174,45 @@ static bool overlaps_origin(struct cblb_snapshot *s, struct block_device *bdev)
 	       end > s->origin_start;
 }
 
-static bool walk_dev(struct stack_walk *w, dev_t dev, unsigned int depth)
+static int walk_dev(struct stack_walk *w, dev_t dev, unsigned int depth)
 {
 	struct cblb_bdev h = {};
 	char disk[BDEVNAME_SIZE];
-	bool hit;
+	int res;
 
 	if (depth > CBLB_STACK_DEPTH || ++w->visited > CBLB_STACK_DEVICES)
-		return false;
+		return WALK_UNKNOWN;
 	if (cblb_bdev_open(dev, &h))
-		return false;
+		return WALK_UNKNOWN;
 	if (!w->culprit[0])
 		snprintf(w->culprit, sizeof(w->culprit), "%pg", h.bdev);
-	hit = overlaps_origin(w->snap, h.bdev);
+	res = overlaps_origin(w->snap, h.bdev) ? WALK_HIT : WALK_NO;
 	strscpy(disk, h.bdev->bd_disk->disk_name, sizeof(disk));
 	cblb_bdev_close(&h);
-	if (hit)
-		return true;
-	return walk_slaves(w, disk, depth) || walk_loop(w, disk, depth);
+	if (res == WALK_NO)
+		res = walk_slaves(w, disk, depth);
+	if (res == WALK_NO)
+		res = walk_loop(w, disk, depth);
+	return res;
 }
 
 /**
  * cblb_stack_reaches_origin - would writes to @bdev reach the origin of @s?
- * @s:      the snapshot being started
- * @bdev:   the device the catalog's filesystem lives on
- * @top:    filled with the name of the device the walk started from
+ * @s:        the snapshot whose origin is looked for
+ * @bdev:     the device a catalog's filesystem lives on
+ * @top:      filled with the name of @bdev
+ * @top_size: size of @top
  *
- * True when @bdev is the origin or overlaps it, or is built (dm, md, loop, in any mix)
- * on a device that does. Context: process, may sleep.
+ * 1 when @bdev is the origin or overlaps it, or is built (dm, md, loop, in any mix) on a
+ * device that does; 0 when it is not; -1 when the walk cannot tell (see the top).
+ * Context: process, may sleep.
  */
-bool cblb_stack_reaches_origin(struct cblb_snapshot *s, struct block_device *bdev,
-			       char *top, size_t top_size)
+int cblb_stack_reaches_origin(struct cblb_snapshot *s, struct block_device *bdev,
+			      char *top, size_t top_size)
 {
 	struct stack_walk w = { .snap = s };
-	bool hit = walk_dev(&w, bdev->bd_dev, 0);
+	int res = walk_dev(&w, bdev->bd_dev, 0);
 
 	strscpy(top, w.culprit[0] ? w.culprit : "?", top_size);
-	return hit;
+	return res;
 }

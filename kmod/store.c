@@ -165,32 +165,57 @@ static void store_file_free(struct cblb_store_file *sf)
 	kfree(sf);
 }
 
-/* Unlink a file this module created by name in the pinned catalog (if still that file). */
-static void store_unlink(struct cblb_store *st, struct cblb_store_file *sf)
+/*
+ * Unlink name from the pinned catalog if it is the inode expected, or (expected NULL) any
+ * regular file: a temp file this module left behind when the machine went down.
+ */
+static int store_unlink_name(struct cblb_store *st, const char *name, struct inode *expected)
 {
 	struct dentry *dir = st->catalog.dentry, *d;
+	int err;
+
+	err = mnt_want_write(st->catalog.mnt);
+	if (err)
+		return err;
+	inode_lock_nested(d_inode(dir), I_MUTEX_PARENT);
+	d = lookup_one_len(name, dir, strlen(name));
+	if (IS_ERR(d)) {
+		err = PTR_ERR(d);
+	} else {
+		if (d_is_reg(d) && (!expected || d_inode(d) == expected))
+			err = cblb_vfs_unlink(st->catalog.mnt, d_inode(dir), d);
+		dput(d);
+	}
+	inode_unlock(d_inode(dir));
+	mnt_drop_write(st->catalog.mnt);
+	return err;
+}
+
+/* A named temp file loses its name (it stays open: its blocks stay allocated). */
+static void store_unlink(struct cblb_store *st, struct cblb_store_file *sf)
+{
 	int err;
 
 	if (!sf->named)
 		return;
 	sf->named = false;
-	err = mnt_want_write(st->catalog.mnt);
-	if (err)
-		goto out;
-	inode_lock_nested(d_inode(dir), I_MUTEX_PARENT);
-	d = lookup_one_len(sf->name, dir, strlen(sf->name));
-	if (IS_ERR(d)) {
-		err = PTR_ERR(d);
-	} else {
-		err = d_inode(d) == file_inode(sf->file) ? cblb_vfs_unlink(d_inode(dir), d) : 0;
-		dput(d);
-	}
-	inode_unlock(d_inode(dir));
-	mnt_drop_write(st->catalog.mnt);
-out:
+	err = store_unlink_name(st, sf->name, file_inode(sf->file));
 	if (err)
 		pr_notice("%s: cannot unlink temp file %s in %s (%d); delete it by hand\n",
 			  st->snap->name, sf->name, st->catalog_name, err);
+}
+
+/* Create a named temp file; a leftover of the same name (a crash) is replaced. */
+static struct file *store_create_named(struct cblb_store *st, const char *name, int flags)
+{
+	struct file *f = file_open_root(&st->catalog, name, O_CREAT | O_EXCL | flags, 0600);
+
+	if (PTR_ERR_OR_ZERO(f) == -EEXIST && !store_unlink_name(st, name, NULL)) {
+		pr_notice("%s: removed %s left in %s by an earlier run\n", st->snap->name, name,
+			  st->catalog_name);
+		f = file_open_root(&st->catalog, name, O_CREAT | O_EXCL | flags, 0600);
+	}
+	return f;
 }
 
 /*
@@ -207,7 +232,7 @@ static int store_open(struct cblb_store *st, struct cblb_store_file *sf, unsigne
 	if (!st->on_origin)
 		f = file_open_root(&st->catalog, ".", O_TMPFILE | flags, 0600);
 	if (IS_ERR(f) && (st->on_origin || PTR_ERR(f) == -EOPNOTSUPP || PTR_ERR(f) == -EISDIR)) {
-		f = file_open_root(&st->catalog, sf->name, O_CREAT | O_EXCL | flags, 0600);
+		f = store_create_named(st, sf->name, flags);
 		if (!IS_ERR(f))
 			sf->named = true;
 	}
@@ -537,35 +562,45 @@ static bool bdev_overlaps_origin(struct cblb_snapshot *s, struct block_device *b
 	       end > s->origin_start;
 }
 
+/* Refuse a catalog device built on the origin, or one the walk cannot see through. */
+static int store_check_stack(struct cblb_store *st, struct block_device *bdev)
+{
+	struct cblb_snapshot *s = st->snap;
+	char top[BDEVNAME_SIZE];
+	int res = cblb_stack_reaches_origin(s, bdev, top, sizeof(top));
+
+	if (res > 0)
+		pr_notice_ratelimited("start %s: catalog %s is on %s, which is stacked on the origin %s; put the catalog on another device\n",
+				      s->name, st->catalog_name, top, s->origin_path);
+	else if (res < 0)
+		pr_notice_ratelimited("start %s: cannot tell whether %s (catalog %s) is built on the origin %s (no /sys here, or a loop device without a backing path); put the catalog on another device\n",
+				      s->name, top, st->catalog_name, s->origin_path);
+	return res ? -ELOOP : 0;
+}
+
 /* FILE: the catalog must not write through anything that reaches the origin. */
 static int store_check_file_backing(struct cblb_store *st)
 {
 	struct cblb_snapshot *s = st->snap;
 	struct inode *real = d_real_inode(st->files[0]->file->f_path.dentry);
-	struct block_device *bdev = real ? real->i_sb->s_bdev : NULL;
-	char top[BDEVNAME_SIZE];
 
-	if (!bdev)
+	st->home = real ? real->i_sb->s_bdev : NULL;
+	if (!st->home)
 		return 0;
-	if (bdev_overlaps_origin(s, bdev)) {
+	if (bdev_overlaps_origin(s, st->home)) {
 		pr_notice_ratelimited("start %s: catalog %s is on the origin's filesystem, which is not ext4 or xfs; only those can hold their own catalog\n",
 				      s->name, st->catalog_name);
 		return -EOPNOTSUPP;
 	}
-	if (cblb_stack_reaches_origin(s, bdev, top, sizeof(top))) {
-		pr_notice_ratelimited("start %s: catalog %s is on %s, which is stacked on the origin %s; put the catalog on another device\n",
-				      s->name, st->catalog_name, top, s->origin_path);
-		return -ELOOP;
-	}
-	return 0;
+	return store_check_stack(st, st->home);
 }
 
 /* DIRECT: decide where the store goes; refuse a device stacked on the origin. */
 static int store_check_direct(struct cblb_store *st)
 {
 	struct cblb_snapshot *s = st->snap;
-	char top[BDEVNAME_SIZE];
 
+	st->home = st->bdev;
 	st->on_origin = bdev_overlaps_origin(s, st->bdev);
 	if (st->on_origin) {
 		if (st->bdev->bd_start_sect != s->origin_start) {
@@ -575,12 +610,7 @@ static int store_check_direct(struct cblb_store *st)
 		}
 		return 0;
 	}
-	if (cblb_stack_reaches_origin(s, st->bdev, top, sizeof(top))) {
-		pr_notice_ratelimited("start %s: catalog %s is on %s, which is stacked on the origin %s; put the catalog on another device\n",
-				      s->name, st->catalog_name, top, s->origin_path);
-		return -ELOOP;
-	}
-	return 0;
+	return store_check_stack(st, st->bdev);
 }
 
 /* Make the files that must exist before the freeze: all of them on the origin, else one. */

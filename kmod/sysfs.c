@@ -138,10 +138,9 @@ static struct kobj_attribute snap_##_name##_attr =				\
 SNAP_ATTR(state, "%s", cblb_state_name(READ_ONCE(s->state)));
 SNAP_ATTR(origin, "%s", s->origin_path);
 SNAP_ATTR(origin_dev, "%u:%u", MAJOR(s->origin_dev), MINOR(s->origin_dev));
-SNAP_ATTR(catalog, "%s", s->store.catalog_name ? s->store.catalog_name : "");
+
 SNAP_ATTR(file_size, "%llu", (unsigned long long)(s->store.file_bytes >> SECTOR_SHIFT));
 SNAP_ATTR(max_files, "%u", s->store.max_files);
-SNAP_ATTR(files_used, "%u", s->store.files ? cblb_store_files(&s->store) : 0);
 SNAP_ATTR(chunk_size, "%u", CBLB_CHUNK_SIZE);
 SNAP_ATTR(cow_chunks, "%lld", (long long)atomic64_read(&s->cow_chunks));
 SNAP_ATTR(cow_bytes, "%lld", (long long)atomic64_read(&s->cow_chunks) << CBLB_CHUNK_SHIFT);
@@ -165,15 +164,45 @@ static ssize_t snap_error_show(struct kobject *kobj, struct kobj_attribute *attr
 }
 static struct kobj_attribute snap_error_attr = __ATTR(error, 0444, snap_error_show, NULL);
 
+/* Attributes that look into the store: under store_mutex (a failed start frees it). */
 static ssize_t snap_store_extents_show(struct kobject *kobj, struct kobj_attribute *attr,
 				       char *buf)
 {
 	struct cblb_snapshot *s = to_snap(kobj);
+	ssize_t n = 0;
 
-	if (!s->store.files)
-		return 0;
-	return cblb_store_show_extents(&s->store, buf);
+	mutex_lock(&s->store_mutex);
+	if (s->store.files)
+		n = cblb_store_show_extents(&s->store, buf);
+	mutex_unlock(&s->store_mutex);
+	return n;
 }
+
+static ssize_t snap_catalog_show(struct kobject *kobj, struct kobj_attribute *attr, char *buf)
+{
+	struct cblb_snapshot *s = to_snap(kobj);
+	ssize_t n;
+
+	mutex_lock(&s->store_mutex);
+	n = sysfs_emit(buf, "%s\n", s->store.catalog_name ? s->store.catalog_name : "");
+	mutex_unlock(&s->store_mutex);
+	return n;
+}
+static struct kobj_attribute snap_catalog_attr = __ATTR(catalog, 0444, snap_catalog_show, NULL);
+
+static ssize_t snap_files_used_show(struct kobject *kobj, struct kobj_attribute *attr,
+				    char *buf)
+{
+	struct cblb_snapshot *s = to_snap(kobj);
+	ssize_t n;
+
+	mutex_lock(&s->store_mutex);
+	n = sysfs_emit(buf, "%u\n", s->store.files ? cblb_store_files(&s->store) : 0);
+	mutex_unlock(&s->store_mutex);
+	return n;
+}
+static struct kobj_attribute snap_files_used_attr =
+	__ATTR(files_used, 0444, snap_files_used_show, NULL);
 static struct kobj_attribute snap_store_extents_attr =
 	__ATTR(store_extents, 0444, snap_store_extents_show, NULL);
 
