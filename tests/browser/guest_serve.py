@@ -87,9 +87,9 @@ def main() -> int:
     from web.auth import ensure_token
 
     token, _ = ensure_token(out / "web-token")
-    app = create_app({"CBLB_CONTROLLER": ctl, "CBLB_REQUIRE_TOKEN": True, "CBLB_TOKEN": token,
-                      "CBLB_DEFAULT_CATALOG": str(catalog), "CBLB_HISTORY_INTERVAL": 1.0,
-                      "CBLB_SSE_INTERVAL": 1.0})
+    app = create_app({"CBLB_CONTROLLER": ctl, "CBLB_TOKEN": token, "CBLB_CHECK_HOST": False,
+                      "CBLB_CATALOG_ROOTS": (str(cmnt),), "CBLB_DEFAULT_CATALOG": str(catalog),
+                      "CBLB_HISTORY_INTERVAL": 1.0, "CBLB_SSE_INTERVAL": 1.0})
     from werkzeug.serving import make_server
 
     print(f"guest_serve: network {ensure_network()}", flush=True)

@@ -6,8 +6,9 @@ lab-out/screenshots/<mode>-NN-<step>.png.
 
 Two modes:
 
-- host (default): the app is served in this process on 127.0.0.1 with the in-memory
-  stand-in controller (web/standin.py), so the page can be checked without the module;
+- host (default): the app is served in this process on 127.0.0.1 with the real control
+  library over a fake module (cblb/fake.py), so the page can be checked without the kernel;
+  it asks for the access token like any other, and the test logs in through the form;
 - lab (``CBLB_BROWSER_LAB=1``): the page is served from the lab guest against the real
   module. This test boots it with ``scripts/lab --port N -- .venv/bin/python
   tests/browser/guest_serve.py --port N`` (the port forwarded to the host), reads the token
@@ -65,16 +66,21 @@ class Site:
 
 @pytest.fixture(scope="module")
 def host_site(tmp_path_factory):
-    from web.standin import StandInController, StandInSampler
     from werkzeug.serving import make_server
 
+    from cblb.control import Controller
+    from cblb.fake import FakeSystem
     from web import create_app
+    from web.auth import ensure_token
 
     tmp = tmp_path_factory.mktemp("browser")
     (tmp / "catalog").mkdir()
     (tmp / "mnt").mkdir()
-    ctl = StandInController(loaded=False, grow_bytes_per_s=6e6)
-    app = create_app({"CBLB_CONTROLLER": ctl, "CBLB_SAMPLER": StandInSampler(ctl),
+    fake = FakeSystem(tmp / "fake", grow_bytes_per_s=6e6)
+    token, _ = ensure_token(tmp / "web-token")
+    app = create_app({"CBLB_CONTROLLER": Controller(system=fake),
+                      "CBLB_SAMPLER": fake.write_samples, "CBLB_TOKEN_FILE": tmp / "web-token",
+                      "CBLB_CATALOG_ROOTS": (str(tmp / "catalog"),),
                       "CBLB_DEFAULT_CATALOG": str(tmp / "catalog"),
                       "CBLB_MOUNT_ROOTS": (str(tmp / "mnt"),),
                       "CBLB_HISTORY_INTERVAL": 0.5, "CBLB_SSE_INTERVAL": 1.0})
@@ -82,7 +88,7 @@ def host_site(tmp_path_factory):
     th = threading.Thread(target=srv.serve_forever, daemon=True)
     th.start()
     yield Site("host", f"http://127.0.0.1:{srv.server_port}", "/dev/vdb1",
-               str(tmp / "catalog"), str(tmp / "mnt" / "cblb" / NAME))
+               str(tmp / "catalog"), str(tmp / "mnt" / "cblb" / NAME), token)
     srv.shutdown()
     app.extensions["cblb_history"].stop()
 
@@ -167,13 +173,19 @@ def shot(page, site: Site, n: int, step: str) -> None:
 
 def test_lifecycle_in_the_browser(page, site):
     expect = sync_api.expect
-    page.goto(site.url + "/")
-    if site.token:
-        expect(page.locator("input[name=token]")).to_be_visible()
-        shot(page, site, 0, "login")
-        page.fill("input[name=token]", site.token)
-        page.click("button[type=submit]")
+    # the page asks for the token on every bind; a wrong one is refused, next= is kept
+    page.goto(site.url + "/?from=browser")
+    expect(page.locator("input[name=token]")).to_be_visible()
+    page.fill("input[name=token]", "not-the-token-0123456789")
+    page.click("button[type=submit]")
+    expect(page.locator(".error")).to_contain_text("That is not the access token")
+    shot(page, site, 0, "login")
+    page.fill("input[name=token]", site.token)
+    page.click("button[type=submit]")
     expect(page.locator("h1")).to_contain_text("cblb")
+    assert page.url.endswith("/?from=browser")
+    cookies = page.context.cookies()
+    assert cookies and all(site.token not in c["value"] for c in cookies)
     lc = page.locator("#lifecycle")
 
     # 1. load, if the module is not loaded yet
