@@ -35,6 +35,14 @@ def mounted_at(path: Path) -> bool:
         return any(line.split()[4] == str(path) for line in f)
 
 
+def mount_options(path: Path) -> set[str]:
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            if line.split()[4] == str(path):
+                return set(line.split()[5].split(","))
+    return set()
+
+
 def text(resp) -> str:
     return html.unescape(resp.get_data(as_text=True))
 
@@ -43,10 +51,16 @@ def text(resp) -> str:
 def web_lab(cblb_module, scratch_fs):
     root = Path(f"/tmp/cblb-webmnt-{uuid.uuid4().hex[:6]}")
     root.mkdir()
-    app = create_app({"TESTING": True, "CBLB_CONTROLLER": cblb_module,
+    token = "lab-token-" + uuid.uuid4().hex
+    app = create_app({"TESTING": True, "CBLB_CONTROLLER": cblb_module, "CBLB_TOKEN": token,
                       "CBLB_MOUNT_ROOTS": (str(root),),
+                      "CBLB_CATALOG_ROOTS": (str(scratch_fs.catalog_mnt), "/dev/shm"),
                       "CBLB_DEFAULT_CATALOG": str(scratch_fs.catalog_dir)})
     client = app.test_client()
+    login = client.get("/login", headers={"Accept": "text/html"})
+    tok = re.search(r'name="csrf_token" value="([^"]+)"', login.get_data(as_text=True)).group(1)
+    r = client.post("/login", data={"token": token, "csrf_token": tok, "next": "/"})
+    assert r.status_code == 303
     page = client.get("/")
     tok = re.search(r'name="csrf_token" value="([^"]+)"', page.get_data(as_text=True)).group(1)
 
@@ -117,6 +131,7 @@ def test_lifecycle_through_http(web_lab, cblb_module, scratch_fs):
     r = post(f"/snapshots/{NAME}/mount", {"dir": str(target)})
     assert r.status_code == 200, text(r)
     assert mounted_at(target)
+    assert {"ro", "nosuid", "nodev", "noexec"} <= mount_options(target)
     assert (target / "before.txt").read_text() == "taken before start\n"
     assert not (target / "after.bin").exists()
 
