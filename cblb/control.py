@@ -277,6 +277,12 @@ def devnum(st: os.stat_result) -> str:
     return f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
 
 
+def devnum_of_fs(path: Path) -> str:
+    """major:minor of the device the filesystem holding path lives on."""
+    st = os.stat(path)
+    return f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
+
+
 class System:
     """This machine as the controller sees it: the module's sysfs files, /dev, the mount
     table and the programs it runs (insmod, rmmod, modinfo, blkid, mount, umount).
@@ -498,13 +504,19 @@ class Controller:
             E.ENOENT: f"{origin}: no such block device",
             E.ENOTBLK: f"{origin} is not a block device",
             E.EEXIST: f"the name {name} is taken; choose another",
-            E.EBUSY: f"{origin} already has a snapshot",
+            E.EBUSY: f"{origin} already has a snapshot, overlaps the origin of one (a disk "
+                     "and its partition), or holds a started snapshot's catalog",
+            E.EPERM: "writing /sys/kernel/cblb/cmd needs CAP_SYS_ADMIN",
             E.ENOSPC: f"all {self.total()} snapshot slots are used; remove a snapshot or "
                       "reload the module with a larger total (cblb unload; cblb load --total N)",
         })
         return self.snapshot(name)
 
-    def check_catalog(self, catalog: str, file_size: int, origin_dev: str = "") -> None:
+    def check_catalog(self, catalog: str, file_size: int, origin_dev: str = "",
+                      max_files: int = 1) -> None:
+        """The catalog exists, is a writable folder and has room for what `start` makes at
+        once: one temp file, or the whole store when the catalog is on the origin itself
+        (kmod/doc/LAYOUTS.md)."""
         p = Path(catalog)
         if not p.exists():
             raise CblbError(f"catalog {catalog} does not exist; create it with mkdir", E.ENOENT)
@@ -512,8 +524,14 @@ class Controller:
             raise CblbError(f"catalog {catalog} is not a folder", E.ENOTDIR)
         if not os.access(p, os.W_OK | os.X_OK):
             raise CblbError(f"catalog {catalog} is not writable", E.EACCES)
-        need = file_size * SECTOR
+        on_origin = bool(origin_dev) and devnum_of_fs(p) == origin_dev
+        need = file_size * SECTOR * (max_files if on_origin else 1)
         free = shutil.disk_usage(p).free
+        if free < need and on_origin:
+            raise CblbError(f"catalog {catalog} is on the origin, so the whole store "
+                            f"({max_files} files of {file_size} blocks, {need // 2**20} MiB) is "
+                            f"made at start, but it has {free // 2**20} MiB free; use fewer or "
+                            "smaller files, or a catalog on another device", E.ENOSPC)
         if free < need:
             raise CblbError(f"catalog {catalog} has {free // 2**20} MiB free but one temp file "
                             f"needs {need // 2**20} MiB; free space or choose a smaller file size",
@@ -521,19 +539,25 @@ class Controller:
 
     def start(self, name: str, catalog: str, file_size: int, max_files: int) -> Snapshot:
         """start <name> <catalog> <file size in 512-byte blocks> <max files>."""
-        catalog = check_start_args(self.snapshot(name), catalog, file_size, max_files)
-        self.check_catalog(catalog, file_size)
+        snap = self.snapshot(name)
+        catalog = check_start_args(snap, catalog, file_size, max_files)
+        self.check_catalog(catalog, file_size, snap.origin_dev, max_files)
         self._cmd(f"start {name} {catalog} {file_size} {max_files}", {
             E.ENOENT: f"catalog {catalog} or snapshot {name} not found",
             E.ENOTDIR: f"catalog {catalog} is not a folder",
             E.EALREADY: f"{name} is already started",
-            E.EOPNOTSUPP: f"catalog {catalog} must be on an ext4 or xfs filesystem on a block "
-                          "device (tmpfs, btrfs and network filesystems cannot hold temp files)",
-            E.EXDEV: f"catalog {catalog} is on the snapshot device itself",
-            E.ENOSPC: f"no room in {catalog} for the first temp file of {file_size} blocks",
+            E.EOPNOTSUPP: f"catalog {catalog} is on the origin's own filesystem, which is not "
+                          "ext4 or xfs (or cannot hold temp files); put it on another device",
+            E.ELOOP: f"catalog {catalog} is on a device built on the origin (LVM, dm-crypt, a "
+                     "loop file on it) or on another snapshot's origin; put it on another "
+                     "device (the kernel log says which)",
+            E.EXDEV: f"catalog {catalog} is on a snapshot device, or its temp files are not on "
+                     "its own device",
+            E.ENOSPC: f"no room in {catalog} for the temp files start makes at once",
             E.EINVAL: f"the module refused the start parameters (file size {file_size}, "
                       f"max files {max_files})",
-            E.EBUSY: f"{name}: the origin filesystem could not be frozen (busy)",
+            E.EBUSY: f"{name}: the origin or catalog filesystem is frozen or busy",
+            E.EPERM: "writing /sys/kernel/cblb/cmd needs CAP_SYS_ADMIN",
         })
         return self.snapshot(name)
 

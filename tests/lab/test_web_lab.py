@@ -12,6 +12,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from conftest import sh
 
 from web import create_app
 
@@ -176,18 +177,23 @@ def test_kernel_refusals_shown_inline(web_lab, cblb_module, scratch_fs, tmp_path
     assert r.status_code == 200
     r = post("/snapshots", {"name": "web-lab2", "origin": scratch_fs.device})
     assert r.status_code == 422 and "already has a snapshot" in text(r)
-    # a catalog on tmpfs: the module (or the library) refuses, and the page says why
-    tmpfs = Path("/dev/shm")
-    if tmpfs.is_dir():
-        cat = tmpfs / f"cblb-cat-{uuid.uuid4().hex[:6]}"
-        cat.mkdir()
-        try:
-            r = post(f"/snapshots/{NAME}/start", {"catalog": str(cat), "file_mib": "4",
-                                                  "max_files": "4"})
-            assert r.status_code == 422 and "ext4 or xfs" in text(r), text(r)
-            assert kstate(NAME) == "created"
-        finally:
-            cat.rmdir()
+    # a catalog on a loop device over a file on the origin: the module refuses (ELOOP),
+    # and the page says why
+    backing = scratch_fs.mnt / "stacked.img"
+    sh(f"truncate -s 48M {backing}")
+    loop = sh(f"losetup -f --show {backing}").strip()
+    stacked = scratch_fs.catalog_mnt / "stacked"
+    stacked.mkdir()
+    try:
+        sh(f"mkfs.ext4 -q -F {loop} && mount {loop} {stacked}")
+        r = post(f"/snapshots/{NAME}/start", {"catalog": str(stacked), "file_mib": "4",
+                                              "max_files": "4"})
+        assert r.status_code == 422 and "built on the origin" in text(r), text(r)
+        assert kstate(NAME) == "created"
+    finally:
+        sh(f"umount {stacked}", check=False)
+        sh(f"losetup -d {loop}", check=False)
+        stacked.rmdir()
     r = post(f"/snapshots/{NAME}/start", {"catalog": str(scratch_fs.catalog_dir),
                                           "file_mib": "4", "max_files": "5000"})
     assert r.status_code == 422 and "max files 5000 is out of range" in text(r)
