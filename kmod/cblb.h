@@ -6,7 +6,8 @@
  *   registry.c   slots under total=N, create/start/remove, the registry mutex
  *   sysfs.c      /sys/kernel/cblb/cmd parser, per-device attributes
  *   tracker.c    ftrace hook on submit_bio_noacct: finds origin writes (hash by disk)
- *   cow.c        the copy-on-write worker and the copied-chunk index
+ *   index.c      the copied-chunk index (chunk -> slot)
+ *   cow.c        the copy-on-write pipeline: worker, flights, write-back (doc/COW.md)
  *   reads.c      snapshot reads of the origin in flight (what a copy must wait for)
  *   store.c      temp files in the catalog: creation, extent map, slot I/O
  *   stack.c      does a device depend on the origin (dm, md, loop, overlayfs)?
@@ -25,7 +26,9 @@
  *                               origin in flight; orders them against chunks marked
  *                               copied (reads.c).
  *   store->lock                 (spinlock) the count of ready temp files.
- *   The index (xarray) has its own lock; it has a single writer, the COW worker.
+ *   The index (xarray) has its own lock; it has a single writer, the ordered
+ *   completion workqueue of the COW pipeline (cow.c).
+ *   snapshot->flight_lock       (spinlock) the free flights.
  */
 #ifndef CBLB_H
 #define CBLB_H
@@ -49,8 +52,10 @@
 #define CBLB_CHUNK_SHIFT	12
 #define CBLB_CHUNK_SIZE		(1U << CBLB_CHUNK_SHIFT)
 #define CBLB_CHUNK_SECTORS	(CBLB_CHUNK_SIZE >> SECTOR_SHIFT)
-/* Chunks copied per batch: caps the copy buffers at 1 MiB per active snapshot. */
+/* Chunks copied per batch (one flight): 1 MiB. */
 #define CBLB_BATCH_CHUNKS	256
+/* Batches in the air at once per snapshot: caps staged copies at 4 MiB (doc/COW.md). */
+#define CBLB_FLIGHTS		4
 /*
  * The preparer keeps the next whole temp file, and at least 16 MiB, ready ahead; 64 MiB
  * when the catalog shares the origin's disk, where creating a file can wait for the
@@ -89,6 +94,23 @@ enum cblb_state {
 };
 
 const char *cblb_state_name(enum cblb_state state);
+
+/*
+ * One batch of copied chunks, from the origin read until its slots are on disk
+ * (doc/COW.md). While on snapshot->flights (under read_lock) its pages serve snapshot
+ * reads of its chunks.
+ */
+struct cblb_flight {
+	struct list_head node;		/* snapshot->flights (read_lock) or free (flight_lock) */
+	struct cblb_snapshot *snap;
+	unsigned int n;
+	u64 first_slot;			/* chunks[i] is in slot first_slot + i */
+	atomic_t pending;		/* store writes in the air, +1 while submitting */
+	blk_status_t status;
+	struct work_struct done_work;
+	u64 chunks[CBLB_BATCH_CHUNKS];	/* sorted */
+	struct page *pages[CBLB_BATCH_CHUNKS];
+};
 
 /* A snapshot read of origin chunks [first, last] in flight, see reads.c. */
 struct cblb_read_range {
@@ -176,13 +198,18 @@ struct cblb_snapshot {
 	/* copy-on-write, see cow.c */
 	spinlock_t pending_lock;
 	struct bio_list pending;	/* Protected by pending_lock */
-	struct workqueue_struct *wq;
+	struct workqueue_struct *wq;	/* the worker: one at a time */
+	struct workqueue_struct *done_wq;	/* ordered: flights landing, index writes */
 	struct work_struct cow_work;
-	struct xarray index;		/* chunk pair -> two (slot + 1) values */
+	struct xarray index;		/* chunk pair -> two (slot + 1) values, see index.c */
 	atomic64_t cow_chunks;
 	atomic64_t index_entries;
-	struct page **cow_pages;	/* CBLB_BATCH_CHUNKS pages, owned by the worker */
-	u64 *batch_chunks;		/* CBLB_BATCH_CHUNKS, owned by the worker */
+	struct cblb_flight *flight_mem[CBLB_FLIGHTS];
+	spinlock_t flight_lock;
+	struct list_head free_flights;	/* Protected by flight_lock */
+	unsigned int nr_free_flights;	/* Protected by flight_lock */
+	wait_queue_head_t flight_wq;
+	struct list_head flights;	/* staged, Protected by read_lock */
 	struct bio_set cow_bs;
 
 	/* snapshot reads in flight, see reads.c */
@@ -228,12 +255,16 @@ void cblb_tracker_add(struct cblb_snapshot *s);
 void cblb_tracker_del(struct cblb_snapshot *s);
 void cblb_pass_bio(struct bio *bio);
 
+/* index.c */
+u64 cblb_index_get(struct cblb_snapshot *s, u64 chunk);
+int cblb_index_set(struct cblb_snapshot *s, u64 chunk, u64 slot);
+
 /* cow.c */
 int cblb_cow_init(struct cblb_snapshot *s);
 void cblb_cow_exit(struct cblb_snapshot *s);
 bool cblb_cow_intercept(struct cblb_snapshot *s, struct bio *bio, sector_t rel, sector_t len);
 void cblb_cow_drain(struct cblb_snapshot *s);
-u64 cblb_index_get(struct cblb_snapshot *s, u64 chunk);
+struct page *cblb_cow_staged(struct cblb_snapshot *s, u64 chunk);
 void cblb_cow_endio(struct bio *bio);
 
 /* reads.c */

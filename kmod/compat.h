@@ -81,14 +81,22 @@ static inline void cblb_thaw(struct block_device *bdev)
 #endif
 }
 
-/* A bio-based read-only disk whose logical block size follows the origin's. */
-static inline struct gendisk *cblb_alloc_disk(unsigned int lbs)
+/*
+ * A bio-based read-only disk that looks like the origin to the layers above it: the same
+ * logical block size, largest request and optimal I/O size (read-ahead follows them).
+ */
+static inline struct gendisk *cblb_alloc_disk(struct block_device *origin)
 {
+	unsigned int lbs = bdev_logical_block_size(origin);
+	unsigned int max_hw = queue_max_hw_sectors(bdev_get_queue(origin));
+	unsigned int io_opt = bdev_io_opt(origin);
 #if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 9, 0)
 	struct queue_limits lim = {
 		.logical_block_size = lbs,
 		.physical_block_size = max_t(unsigned int, lbs, 4096),
 		.io_min = 4096,
+		.max_hw_sectors = max_hw,
+		.io_opt = io_opt,
 	};
 
 	return blk_alloc_disk(&lim, NUMA_NO_NODE);
@@ -100,6 +108,8 @@ static inline struct gendisk *cblb_alloc_disk(unsigned int lbs)
 	blk_queue_logical_block_size(disk->queue, lbs);
 	blk_queue_physical_block_size(disk->queue, max_t(unsigned int, lbs, 4096));
 	blk_queue_io_min(disk->queue, 4096);
+	blk_queue_max_hw_sectors(disk->queue, max_hw);
+	blk_queue_io_opt(disk->queue, io_opt);
 	return disk;
 #endif
 }

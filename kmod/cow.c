@@ -1,38 +1,39 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * Copy-on-write: before an origin write lands on a chunk, the chunk's old data is read
- * from the origin and written to the next free slot of the temp files; the index then
- * maps the chunk to that slot and the write is released.
+ * into memory; the write then goes on, and the data is written to the store in the
+ * background. The whole pipeline, step by step: kmod/doc/COW.md.
  *
- * Origin writes whose chunks are all copied pass straight through (a lock-free index
- * lookup). The others are queued in arrival order on snapshot->pending; one work item
- * per snapshot (never running twice at once) takes them in batches of up to
- * CBLB_BATCH_CHUNKS chunks: reads all of a batch's chunks at once, writes them to the
- * store at once, records them, then releases the waiting writes in order. A write to a
- * chunk already queued is queued behind it, so no write ever passes a copy in progress.
- *
- * The index is an xarray keyed by chunk / 2: each value entry holds the (slot + 1) of two
- * neighbouring chunks in 31 bits each, 0 meaning "not copied". Nothing is allocated for
- * chunks never written; a dense region costs 576 bytes of xarray node per 128 chunks,
- * 4.5 bytes per copied 4 KiB chunk.
+ * Origin writes whose chunks are all copied (in the index, or staged in a flight) pass
+ * straight through. The others are queued in arrival order on snapshot->pending; one work
+ * item per snapshot (never running twice at once) gathers their chunks into a batch, reads
+ * runs of consecutive chunks with one bio each into a free flight's pages, stages the
+ * flight, releases the writes and submits the flight's store writes. A write to a chunk
+ * already queued is queued behind it, so no write ever passes a copy in progress.
  *
  * Lock story:
  * - pending_lock (irq-safe spinlock) protects pending; bios are queued from submitters
  *   in any context.
- * - The index has one writer (the worker); readers use xa_load() under RCU.
+ * - read_lock (irq-safe spinlock, reads.c) protects snapshot->flights. A chunk is
+ *   "taken" (copied or being copied) when it is in the index or in a staged flight;
+ *   both are looked at under read_lock, and a flight leaves the list (under read_lock)
+ *   only after its chunks are in the index, so a chunk never looks untaken once taken.
+ * - flight_lock (spinlock) protects free_flights; the worker waits on flight_wq for one.
+ * - The index has one writer: done_wq, an ordered workqueue that lands flights.
  * - Snapshot reads of the origin are registered by chunk range (reads.c). Before any
- *   write is released the worker waits for registered reads overlapping it; it has
- *   recorded the batch in the index first, so no new read of those chunks registers.
- *   A write to chunks already copied passes straight through only when no registered
- *   read overlaps it; otherwise it is queued like a first write, so it never passes a
- *   snapshot read that started before the copy was recorded.
+ *   write is released the worker waits for registered reads overlapping it; the chunks
+ *   are staged first, so no new read of them registers. A write to chunks already taken
+ *   passes straight through only when no registered read overlaps it; otherwise it is
+ *   queued like a first write, so it never passes a snapshot read that started before
+ *   the copy was staged.
  * Context: cblb_cow_intercept() runs in the submitter's context and never blocks; the
- * worker runs in process context (WQ_MEM_RECLAIM: it is on the writeback path) and
- * allocates with GFP_NOIO.
+ * worker and done_wq run in process context (WQ_MEM_RECLAIM: they are on the writeback
+ * path) and allocate with GFP_NOIO; store-write completions run in any context.
  */
 #define pr_fmt(fmt) "cblb: " fmt
 
 #include <linux/blkdev.h>
+#include <linux/bsearch.h>
 #include <linux/mm.h>
 #include <linux/slab.h>
 #include <linux/sort.h>
@@ -40,42 +41,80 @@
 #include "cblb.h"
 #include "cblb_trace.h"
 
-#define SLOT_BITS	31
-#define SLOT_MASK	((1UL << SLOT_BITS) - 1)
-
-u64 cblb_index_get(struct cblb_snapshot *s, u64 chunk)
+static int cmp_u64(const void *a, const void *b)
 {
-	void *e = xa_load(&s->index, chunk >> 1);
-	unsigned long v;
+	u64 x = *(const u64 *)a, y = *(const u64 *)b;
 
-	if (!e)
-		return 0;
-	v = xa_to_value(e);
-	return (chunk & 1) ? (v >> SLOT_BITS) & SLOT_MASK : v & SLOT_MASK;
+	return x < y ? -1 : x > y;
 }
 
-/* Worker only: the index has a single writer, so read-modify-write needs no lock. */
-static int index_set(struct cblb_snapshot *s, u64 chunk, u64 slot)
+/* The staged flight holding chunk, or NULL. Caller holds read_lock. */
+static struct cblb_flight *flight_of(struct cblb_snapshot *s, u64 chunk)
 {
-	void *e = xa_load(&s->index, chunk >> 1);
-	unsigned long v = e ? xa_to_value(e) : 0;
-	unsigned int shift = (chunk & 1) ? SLOT_BITS : 0;
+	struct cblb_flight *f;
 
-	v &= ~(SLOT_MASK << shift);
-	v |= (unsigned long)(slot + 1) << shift;
-	if (!e)
-		atomic64_inc(&s->index_entries);
-	return xa_err(xa_store(&s->index, chunk >> 1, xa_mk_value(v), GFP_NOIO));
+	lockdep_assert_held(&s->read_lock);
+	list_for_each_entry(f, &s->flights, node)
+		if (chunk >= f->chunks[0] && chunk <= f->chunks[f->n - 1] &&
+		    bsearch(&chunk, f->chunks, f->n, sizeof(u64), cmp_u64))
+			return f;
+	return NULL;
 }
 
-static bool range_copied(struct cblb_snapshot *s, sector_t rel, sector_t len)
+/*
+ * The page staging chunk's old data, or NULL when the chunk is not staged. Caller holds
+ * read_lock, which keeps the page valid (a flight leaves the list under it).
+ */
+struct page *cblb_cow_staged(struct cblb_snapshot *s, u64 chunk)
 {
-	u64 c, first = sector_to_chunk(rel), last = sector_to_chunk(rel + len - 1);
+	struct cblb_flight *f = flight_of(s, chunk);
+	u64 *p;
+
+	if (!f)
+		return NULL;
+	p = bsearch(&chunk, f->chunks, f->n, sizeof(u64), cmp_u64);
+	return f->pages[p - f->chunks];
+}
+
+/* Copied or being copied. Caller holds read_lock. */
+static bool chunk_taken_locked(struct cblb_snapshot *s, u64 chunk)
+{
+	return cblb_index_get(s, chunk) || flight_of(s, chunk);
+}
+
+static bool chunk_taken(struct cblb_snapshot *s, u64 chunk)
+{
+	unsigned long flags;
+	bool taken;
+
+	if (cblb_index_get(s, chunk))
+		return true;		/* an index entry never goes away */
+	spin_lock_irqsave(&s->read_lock, flags);
+	taken = chunk_taken_locked(s, chunk);
+	spin_unlock_irqrestore(&s->read_lock, flags);
+	return taken;
+}
+
+/*
+ * May a write to chunks [first, last] pass now: all taken, and no snapshot read of them
+ * in flight? One look under read_lock (see the lock story).
+ */
+static bool range_may_pass(struct cblb_snapshot *s, u64 first, u64 last)
+{
+	unsigned long flags;
+	bool ok = true;
+	u64 c;
 
 	for (c = first; c <= last; c++)
 		if (!cblb_index_get(s, c))
-			return false;
-	return true;
+			break;
+	if (c > last && !cblb_reads_overlap(s, first, last))
+		return true;		/* the common rewrite: all in the index */
+	spin_lock_irqsave(&s->read_lock, flags);
+	for (; c <= last && ok; c++)
+		ok = chunk_taken_locked(s, c);
+	spin_unlock_irqrestore(&s->read_lock, flags);
+	return ok && !cblb_reads_overlap(s, first, last);
 }
 
 /*
@@ -89,8 +128,7 @@ bool cblb_cow_intercept(struct cblb_snapshot *s, struct bio *bio, sector_t rel, 
 
 	if (READ_ONCE(s->state) != CBLB_ACTIVE || READ_ONCE(s->dying))
 		return false;
-	if (range_copied(s, rel, len) &&
-	    !cblb_reads_overlap(s, sector_to_chunk(rel), sector_to_chunk(rel + len - 1)))
+	if (range_may_pass(s, sector_to_chunk(rel), sector_to_chunk(rel + len - 1)))
 		return false;
 	if (bio_op(bio) == REQ_OP_DISCARD) {
 		/*
@@ -107,56 +145,23 @@ bool cblb_cow_intercept(struct cblb_snapshot *s, struct bio *bio, sector_t rel, 
 	return true;
 }
 
-struct cow_io {
+/* ---- reading the old data ---- */
+
+struct cow_read {
 	atomic_t pending;
 	blk_status_t status;
 	struct completion done;
 };
 
-void cblb_cow_endio(struct bio *bio)
+static void cow_read_endio(struct bio *bio)
 {
-	struct cow_io *io = bio->bi_private;
+	struct cow_read *rd = bio->bi_private;
 
 	if (bio->bi_status)
-		io->status = bio->bi_status;
+		rd->status = bio->bi_status;
 	bio_put(bio);
-	if (atomic_dec_and_test(&io->pending))
-		complete(&io->done);
-}
-
-static void cow_io_init(struct cow_io *io)
-{
-	atomic_set(&io->pending, 1);
-	io->status = BLK_STS_OK;
-	init_completion(&io->done);
-}
-
-static blk_status_t cow_io_wait(struct cow_io *io)
-{
-	if (!atomic_dec_and_test(&io->pending))
-		wait_for_completion_io(&io->done);
-	return io->status;
-}
-
-static void cow_submit(struct cow_io *io, struct block_device *bdev, blk_opf_t opf,
-		       sector_t sector, struct page *page, unsigned int off, unsigned int len,
-		       struct bio_set *bs)
-{
-	struct bio *bio = bio_alloc_bioset(bdev, 1, opf, GFP_NOIO, bs);
-
-	bio->bi_iter.bi_sector = sector;
-	__bio_add_page(bio, page, len, off);
-	bio->bi_end_io = cblb_cow_endio;
-	bio->bi_private = io;
-	atomic_inc(&io->pending);
-	submit_bio(bio);
-}
-
-static int cmp_u64(const void *a, const void *b)
-{
-	u64 x = *(const u64 *)a, y = *(const u64 *)b;
-
-	return x < y ? -1 : x > y;
+	if (atomic_dec_and_test(&rd->pending))
+		complete(&rd->done);
 }
 
 /* Bytes of a chunk that lie inside the origin (the last chunk may be partial). */
@@ -167,109 +172,217 @@ static unsigned int chunk_bytes(struct cblb_snapshot *s, u64 chunk)
 	return min_t(sector_t, left, CBLB_CHUNK_SECTORS) << SECTOR_SHIFT;
 }
 
-/* Write the batch's pages to slots first_slot.. of the store. Worker context. */
-static int cow_write_store(struct cblb_snapshot *s, u64 first_slot, unsigned int n)
+/* Read the flight's chunks from the origin: one bio per run of consecutive chunks. */
+static int cow_read_flight(struct cblb_snapshot *s, struct cblb_flight *f)
+{
+	struct cow_read rd;
+	struct blk_plug plug;
+	unsigned int i = 0, j;
+
+	atomic_set(&rd.pending, 1);
+	rd.status = BLK_STS_OK;
+	init_completion(&rd.done);
+	blk_start_plug(&plug);
+	while (i < f->n) {
+		struct bio *bio;
+
+		for (j = i + 1; j < f->n && j - i < BIO_MAX_VECS &&
+		     f->chunks[j] == f->chunks[j - 1] + 1; j++)
+			;
+		bio = bio_alloc_bioset(s->origin.bdev, j - i, REQ_OP_READ | REQ_SYNC, GFP_NOIO,
+				       &s->cow_bs);
+		bio->bi_iter.bi_sector = chunk_to_sector(f->chunks[i]);
+		for (; i < j; i++)
+			__bio_add_page(bio, f->pages[i], chunk_bytes(s, f->chunks[i]), 0);
+		bio->bi_end_io = cow_read_endio;
+		bio->bi_private = &rd;
+		atomic_inc(&rd.pending);
+		submit_bio(bio);
+	}
+	blk_finish_plug(&plug);
+	if (!atomic_dec_and_test(&rd.pending))
+		wait_for_completion_io(&rd.done);
+	return rd.status == BLK_STS_OK ? 0 : -EIO;
+}
+
+/* ---- flights ---- */
+
+static struct cblb_flight *flight_get(struct cblb_snapshot *s)
+{
+	struct cblb_flight *f = NULL;
+
+	wait_event(s->flight_wq, ({
+		spin_lock(&s->flight_lock);
+		f = list_first_entry_or_null(&s->free_flights, struct cblb_flight, node);
+		if (f) {
+			list_del(&f->node);
+			s->nr_free_flights--;
+		}
+		spin_unlock(&s->flight_lock);
+		f != NULL;
+	}));
+	f->n = 0;
+	f->status = BLK_STS_OK;
+	return f;
+}
+
+static void flight_put(struct cblb_snapshot *s, struct cblb_flight *f)
+{
+	spin_lock(&s->flight_lock);
+	list_add(&f->node, &s->free_flights);
+	s->nr_free_flights++;
+	spin_unlock(&s->flight_lock);
+	wake_up_all(&s->flight_wq);
+}
+
+static bool all_landed(struct cblb_snapshot *s)
+{
+	bool landed;
+
+	spin_lock(&s->flight_lock);
+	landed = s->nr_free_flights == CBLB_FLIGHTS;
+	spin_unlock(&s->flight_lock);
+	return landed;
+}
+
+/*
+ * Store writes of a flight are done (or the flight never wrote): record its chunks in
+ * the index, take it off the list, free it. done_wq (ordered) only.
+ */
+static void flight_done_fn(struct work_struct *work)
+{
+	struct cblb_flight *f = container_of(work, struct cblb_flight, done_work);
+	struct cblb_snapshot *s = f->snap;
+	struct cblb_store *st = &s->store;
+	unsigned int i;
+	int err = 0;
+
+	if (st->kind == CBLB_STORE_FILE && f->status == BLK_STS_OK) {
+		for (i = 0; i < f->n && !err; i++)
+			err = cblb_store_write_file(st, f->first_slot + i, f->pages[i]);
+		if (err)
+			cblb_fail(s, "writing a temp file in %s failed (error %d)", st->catalog_name,
+				  err);
+	} else if (f->status != BLK_STS_OK) {
+		cblb_fail(s, "writing a temp file in %s failed (I/O error)", st->catalog_name);
+		err = -EIO;
+	}
+	for (i = 0; i < f->n && !err; i++) {
+		err = cblb_index_set(s, f->chunks[i], f->first_slot + i);
+		if (err)
+			cblb_fail(s, "out of memory for the copied-chunk index");
+	}
+	spin_lock_irq(&s->read_lock);
+	list_del(&f->node);
+	spin_unlock_irq(&s->read_lock);
+	flight_put(s, f);
+}
+
+/* A store write of a flight completed. Any context. */
+void cblb_cow_endio(struct bio *bio)
+{
+	struct cblb_flight *f = bio->bi_private;
+
+	if (bio->bi_status)
+		f->status = bio->bi_status;
+	bio_put(bio);
+	if (atomic_dec_and_test(&f->pending))
+		queue_work(f->snap->done_wq, &f->done_work);
+}
+
+/*
+ * Write the flight's pages to their slots (DIRECT): pieces that are contiguous on the
+ * store device share a bio. The flight lands in done_wq when the last one completes; a
+ * FILE store is written there instead.
+ */
+static void flight_write(struct cblb_snapshot *s, struct cblb_flight *f)
 {
 	struct cblb_store *st = &s->store;
+	struct bio *bio = NULL;
 	struct blk_plug plug;
-	struct cow_io io;
 	unsigned int i;
-	int err;
 
-	if (st->kind == CBLB_STORE_FILE) {
-		for (i = 0; i < n; i++) {
-			err = cblb_store_write_file(st, first_slot + i, s->cow_pages[i]);
-			if (err) {
-				cblb_fail(s, "writing a temp file in %s failed (error %d)",
-					  st->catalog_name, err);
-				return err;
+	atomic_set(&f->pending, 1);
+	if (st->kind == CBLB_STORE_DIRECT) {
+		blk_start_plug(&plug);
+		for (i = 0; i < f->n; i++) {
+			unsigned int off = 0;
+
+			while (off < CBLB_CHUNK_SIZE) {
+				sector_t sector;
+				unsigned int len = cblb_store_locate(st, f->first_slot + i, off,
+								     &sector);
+
+				if (bio && (bio_end_sector(bio) != sector ||
+					    bio_add_page(bio, f->pages[i], len, off) != len)) {
+					submit_bio(bio);
+					bio = NULL;
+				}
+				if (!bio) {
+					bio = bio_alloc_bioset(st->bdev,
+							       min_t(unsigned int, f->n - i + 1,
+								     BIO_MAX_VECS),
+							       REQ_OP_WRITE | REQ_SYNC, GFP_NOIO,
+							       &s->cow_bs);
+					bio->bi_iter.bi_sector = sector;
+					bio->bi_end_io = cblb_cow_endio;
+					bio->bi_private = f;
+					atomic_inc(&f->pending);
+					__bio_add_page(bio, f->pages[i], len, off);
+				}
+				off += len;
 			}
 		}
-		return 0;
+		if (bio)
+			submit_bio(bio);
+		blk_finish_plug(&plug);
 	}
-	cow_io_init(&io);
-	blk_start_plug(&plug);
-	for (i = 0; i < n; i++) {
-		unsigned int off = 0;
-
-		while (off < CBLB_CHUNK_SIZE) {
-			sector_t sector;
-			unsigned int len = cblb_store_locate(st, first_slot + i, off, &sector);
-
-			cow_submit(&io, st->bdev, REQ_OP_WRITE, sector, s->cow_pages[i], off, len,
-				   &s->cow_bs);
-			off += len;
-		}
-	}
-	blk_finish_plug(&plug);
-	if (cow_io_wait(&io) != BLK_STS_OK) {
-		cblb_fail(s, "writing a temp file in %s failed (I/O error)", st->catalog_name);
-		return -EIO;
-	}
-	return 0;
+	if (atomic_dec_and_test(&f->pending))
+		queue_work(s->done_wq, &f->done_work);
 }
 
-/* Copy the batch's chunks to the store and record them. Worker context. */
-static int cow_copy_batch(struct cblb_snapshot *s, unsigned int n)
+/*
+ * Copy the flight's chunks: reserve slots, read the old data, stage the flight, send its
+ * store writes. The caller then releases the writes. Worker context. On failure the
+ * snapshot has failed and the flight is free again.
+ */
+static void cow_copy_flight(struct cblb_snapshot *s, struct cblb_flight *f)
 {
-	struct cblb_store *st = &s->store;
-	u64 *chunks = s->batch_chunks, first_slot;
-	struct blk_plug plug;
-	struct cow_io io;
 	ktime_t t0 = ktime_get();
-	unsigned int i;
-	int err;
+	unsigned int n = f->n;
 
-	if (!n)
-		return 0;
-	sort(chunks, n, sizeof(*chunks), cmp_u64, NULL);
-	err = cblb_store_alloc(st, n, &first_slot);
-	if (err)
-		return err;
-
-	cow_io_init(&io);
-	blk_start_plug(&plug);
-	for (i = 0; i < n; i++)
-		cow_submit(&io, s->origin.bdev, REQ_OP_READ, chunk_to_sector(chunks[i]),
-			   s->cow_pages[i], 0, chunk_bytes(s, chunks[i]), &s->cow_bs);
-	blk_finish_plug(&plug);
-	if (cow_io_wait(&io) != BLK_STS_OK) {
+	sort(f->chunks, n, sizeof(u64), cmp_u64, NULL);
+	if (cblb_store_alloc(&s->store, n, &f->first_slot))
+		goto fail;		/* the store failed the snapshot */
+	if (cow_read_flight(s, f)) {
 		cblb_fail(s, "reading the origin's old data failed (I/O error)");
-		return -EIO;
+		goto fail;
 	}
-
-	err = cow_write_store(s, first_slot, n);
-	if (err)
-		return err;
-
-	for (i = 0; i < n; i++) {
-		err = index_set(s, chunks[i], first_slot + i);
-		if (err) {
-			cblb_fail(s, "out of memory for the copied-chunk index");
-			return err;
-		}
-	}
+	spin_lock_irq(&s->read_lock);
+	list_add_tail(&f->node, &s->flights);
+	spin_unlock_irq(&s->read_lock);
 	atomic64_add(n, &s->cow_chunks);
-	/* Snapshot reads that saw these chunks uncopied finish before the writes go:
-	 * release_ready() waits for them, write by write. */
 	trace_cblb_cow(s->name, n, (u64)n << CBLB_CHUNK_SHIFT,
 		       ktime_to_ns(ktime_sub(ktime_get(), t0)));
-	return 0;
+	flight_write(s, f);
+	return;
+fail:
+	flight_put(s, f);
 }
 
-static bool batch_has(const u64 *chunks, unsigned int n, u64 c)
+static bool batch_has(const struct cblb_flight *f, u64 c)
 {
 	unsigned int i;
 
-	for (i = n; i > 0; i--)
-		if (chunks[i - 1] == c)
+	for (i = f->n; i > 0; i--)
+		if (f->chunks[i - 1] == c)
 			return true;
 	return false;
 }
 
 /*
  * The chunks [*first, *last] of the origin that bio touches; false when it touches none
- * (it was clamped away, or the origin range moved).
+ * (it was clamped away).
  */
 static bool bio_chunks(struct cblb_snapshot *s, struct bio *bio, u64 *first, u64 *last)
 {
@@ -293,7 +406,7 @@ static bool bio_chunks(struct cblb_snapshot *s, struct bio *bio, u64 *first, u64
 
 /*
  * Pass the writes on, each once no snapshot read of its chunks that began before they
- * were recorded as copied is in flight.
+ * were staged is in flight.
  */
 static void release_ready(struct cblb_snapshot *s, struct bio_list *list)
 {
@@ -315,9 +428,9 @@ static bool cow_live(struct cblb_snapshot *s)
 static void cow_work_fn(struct work_struct *work)
 {
 	struct cblb_snapshot *s = container_of(work, struct cblb_snapshot, cow_work);
+	struct cblb_flight *f = NULL;
 	struct bio_list todo, ready;
 	struct bio *bio;
-	unsigned int n = 0;
 
 	bio_list_init(&ready);
 	for (;;) {
@@ -335,28 +448,31 @@ static void cow_work_fn(struct work_struct *work)
 				bio_list_add(&ready, bio);
 				continue;
 			}
-			while (c <= last) {
-				if (!cow_live(s))
-					break;
-				if (cblb_index_get(s, c) || batch_has(s->batch_chunks, n, c)) {
+			while (c <= last && cow_live(s)) {
+				if ((f && batch_has(f, c)) || chunk_taken(s, c)) {
 					c++;
 					continue;
 				}
-				if (n == CBLB_BATCH_CHUNKS) {
-					cow_copy_batch(s, n);
-					n = 0;
+				if (f && f->n == CBLB_BATCH_CHUNKS) {
+					cow_copy_flight(s, f);
+					f = NULL;
 					release_ready(s, &ready);
 					continue;
 				}
-				s->batch_chunks[n++] = c++;
+				if (!f)
+					f = flight_get(s);
+				f->chunks[f->n++] = c++;
 			}
 			bio_list_add(&ready, bio);
 		}
-		if (cow_live(s))
-			cow_copy_batch(s, n);
-		n = 0;
+		if (f && f->n && cow_live(s)) {
+			cow_copy_flight(s, f);
+			f = NULL;
+		}
 		release_ready(s, &ready);
 	}
+	if (f)
+		flight_put(s, f);
 }
 
 /* Release every queued write; used when the snapshot fails or goes away. */
@@ -368,70 +484,91 @@ void cblb_cow_drain(struct cblb_snapshot *s)
 	}
 }
 
+static void cow_free_flights(struct cblb_snapshot *s)
+{
+	unsigned int i, j;
+
+	for (i = 0; i < CBLB_FLIGHTS; i++) {
+		struct cblb_flight *f = s->flight_mem[i];
+
+		if (!f)
+			continue;
+		for (j = 0; j < CBLB_BATCH_CHUNKS; j++)
+			if (f->pages[j])
+				__free_page(f->pages[j]);
+		kfree(f);
+		s->flight_mem[i] = NULL;
+	}
+}
+
 int cblb_cow_init(struct cblb_snapshot *s)
 {
-	unsigned int i;
-	int err;
+	unsigned int i, j;
+	int err = -ENOMEM;
 
 	xa_init(&s->index);
 	spin_lock_init(&s->pending_lock);
 	bio_list_init(&s->pending);
 	INIT_WORK(&s->cow_work, cow_work_fn);
+	spin_lock_init(&s->flight_lock);
+	INIT_LIST_HEAD(&s->free_flights);
+	INIT_LIST_HEAD(&s->flights);
+	init_waitqueue_head(&s->flight_wq);
+	s->nr_free_flights = 0;
 
-	s->batch_chunks = kcalloc(CBLB_BATCH_CHUNKS, sizeof(u64), GFP_KERNEL);
-	if (!s->batch_chunks)
-		return -ENOMEM;
-	s->cow_pages = kcalloc(CBLB_BATCH_CHUNKS, sizeof(struct page *), GFP_KERNEL);
-	if (!s->cow_pages) {
-		err = -ENOMEM;
-		goto fail_pages_array;
-	}
-	for (i = 0; i < CBLB_BATCH_CHUNKS; i++) {
-		s->cow_pages[i] = alloc_page(GFP_KERNEL);
-		if (!s->cow_pages[i]) {
-			err = -ENOMEM;
-			goto fail_pages;
+	for (i = 0; i < CBLB_FLIGHTS; i++) {
+		struct cblb_flight *f = kzalloc(sizeof(*f), GFP_KERNEL);
+
+		if (!f)
+			goto fail_flights;
+		s->flight_mem[i] = f;
+		f->snap = s;
+		INIT_WORK(&f->done_work, flight_done_fn);
+		for (j = 0; j < CBLB_BATCH_CHUNKS; j++) {
+			f->pages[j] = alloc_page(GFP_KERNEL);
+			if (!f->pages[j])
+				goto fail_flights;
 		}
+		list_add(&f->node, &s->free_flights);
+		s->nr_free_flights++;
 	}
-	err = bioset_init(&s->cow_bs, CBLB_BATCH_CHUNKS * 2, 0, BIOSET_NEED_BVECS);
+	err = bioset_init(&s->cow_bs, CBLB_FLIGHTS * 4, 0, BIOSET_NEED_BVECS);
 	if (err)
-		goto fail_pages;
+		goto fail_flights;
+	err = -ENOMEM;
 	s->wq = alloc_workqueue("cblb_cow_%s", WQ_UNBOUND | WQ_MEM_RECLAIM, 1, s->name);
-	if (!s->wq) {
-		err = -ENOMEM;
+	if (!s->wq)
 		goto fail_wq;
-	}
+	s->done_wq = alloc_ordered_workqueue("cblb_done_%s", WQ_MEM_RECLAIM, s->name);
+	if (!s->done_wq)
+		goto fail_done_wq;
 	return 0;
 
+fail_done_wq:
+	destroy_workqueue(s->wq);
+	s->wq = NULL;
 fail_wq:
 	bioset_exit(&s->cow_bs);
-fail_pages:
-	for (i = 0; i < CBLB_BATCH_CHUNKS; i++)
-		if (s->cow_pages[i])
-			__free_page(s->cow_pages[i]);
-	kfree(s->cow_pages);
-	s->cow_pages = NULL;
-fail_pages_array:
-	kfree(s->batch_chunks);
-	s->batch_chunks = NULL;
+fail_flights:
+	cow_free_flights(s);
 	return err;
 }
 
-/* The tracker no longer sends bios here; release what is queued and free everything. */
+/* The tracker no longer sends bios here; release what is queued, land every flight,
+ * free everything. */
 void cblb_cow_exit(struct cblb_snapshot *s)
 {
-	unsigned int i;
-
 	if (!s->wq)
 		return;
 	WRITE_ONCE(s->dying, true);
 	cblb_cow_drain(s);
 	destroy_workqueue(s->wq);
 	s->wq = NULL;
+	/* store writes still in the air queue their landing when they complete */
+	wait_event(s->flight_wq, all_landed(s));
+	destroy_workqueue(s->done_wq);
+	s->done_wq = NULL;
 	bioset_exit(&s->cow_bs);
-	for (i = 0; i < CBLB_BATCH_CHUNKS; i++)
-		__free_page(s->cow_pages[i]);
-	kfree(s->cow_pages);
-	kfree(s->batch_chunks);
+	cow_free_flights(s);
 	xa_destroy(&s->index);
 }

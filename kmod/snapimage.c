@@ -3,14 +3,16 @@
  * The snapshot device /dev/<dev>: a read-only, bio-based disk of the origin's size.
  *
  * A read is cut into runs: a run of chunks none of which is copied goes to the origin as
- * one clone (registered in the snapshot's in-flight reads, see reads.c); a copied chunk
- * goes to its slot, as a clone to the store device (DIRECT) or as a work item that reads
- * the temp file (FILE). The parent completes when its last piece does (bio_inc_remaining
- * / bio_endio).
+ * one clone (registered in the snapshot's in-flight reads, see reads.c); copied chunks
+ * whose slots follow each other on the store device go as one clone (DIRECT) or as a work
+ * item that reads the temp file (FILE); a chunk whose copy is still in memory (a staged
+ * flight, cow.c) is copied from there at once. The parent completes when its last piece
+ * does (bio_inc_remaining / bio_endio).
  *
  * Lock story:
  * - Under snapshot->read_lock a run checks that reads are open (remove has not begun),
- *   looks the chunks up in the index, registers an origin run and counts the piece in
+ *   looks the chunks up in the index and the staged flights (copying a staged chunk
+ *   while the lock keeps its page), registers an origin run and counts the piece in
  *   nr_clones; the COW worker waits for registered runs before it lets a write overwrite
  *   a chunk (cow.c), remove waits for nr_clones to drain (reads.c).
  * - Nothing else is shared: the index and the store's file table are read lock-free.
@@ -128,6 +130,50 @@ static void snap_queue_file_read(struct cblb_snapshot *s, struct bio *parent,
 	queue_work(s->store.read_wq, &fr->work);
 }
 
+/* Copy bytes of a staged chunk (from off in page) into parent's pages at iter. */
+static void snap_copy_staged(struct bio *parent, struct bvec_iter iter, unsigned int bytes,
+			     struct page *page, unsigned int off)
+{
+	const char *src = page_address(page) + off;
+	struct bvec_iter it;
+	struct bio_vec bv;
+
+	iter.bi_size = bytes;
+	__bio_for_each_segment(bv, parent, it, iter) {
+		memcpy_to_bvec(&bv, src);
+		src += bv.bv_len;
+	}
+}
+
+/*
+ * A copied piece starts at slot (of chunk), byte off, on the store device at *sector,
+ * bytes long; grow it over the following chunks while their slots follow on the device.
+ */
+static unsigned int snap_grow_copied(struct cblb_snapshot *s, u64 chunk, unsigned int off,
+				     sector_t sector, unsigned int bytes, unsigned int left)
+{
+	u64 c = chunk + 1, slot;
+	sector_t next;
+	unsigned int len;
+
+	if (off + bytes != CBLB_CHUNK_SIZE)
+		return bytes;		/* the piece ends inside its chunk */
+	while (bytes < left) {
+		slot = cblb_index_get(s, c);
+		if (!slot)
+			break;
+		len = cblb_store_locate(&s->store, slot - 1, 0, &next);
+		if (next != sector + (bytes >> SECTOR_SHIFT))
+			break;
+		len = min(len, left - bytes);
+		bytes += len;
+		if (len != CBLB_CHUNK_SIZE)
+			break;
+		c++;
+	}
+	return bytes;
+}
+
 /*
  * Send the next run of parent (at *iter) to where it lives; advance *iter past it.
  * Returns false (nothing sent) once remove has begun.
@@ -140,6 +186,7 @@ static bool snap_read_run(struct cblb_snapshot *s, struct bio *parent, struct bv
 	unsigned int bytes;
 	struct cblb_clone *cl;
 	struct bio *clone;
+	struct page *staged;
 	sector_t sector = iter->bi_sector;
 	unsigned long flags;
 
@@ -154,8 +201,19 @@ static bool snap_read_run(struct cblb_snapshot *s, struct bio *parent, struct bv
 		return false;
 	}
 	slot = cblb_index_get(s, chunk);
+	staged = slot ? NULL : cblb_cow_staged(s, chunk);
+	if (staged) {
+		/* copied to memory, not yet to the store: served from there, no I/O */
+		bytes = min_t(u64, iter->bi_size, CBLB_CHUNK_SIZE - off);
+		snap_copy_staged(parent, *iter, bytes, staged, off);
+		spin_unlock_irqrestore(&s->read_lock, flags);
+		bio_put(clone);
+		bio_advance_iter(parent, iter, bytes);
+		return true;
+	}
 	if (!slot) {
-		for (c = chunk + 1; c <= last && !cblb_index_get(s, c); c++)
+		for (c = chunk + 1; c <= last && !cblb_index_get(s, c) && !cblb_cow_staged(s, c);
+		     c++)
 			;
 		bytes = min_t(u64, iter->bi_size, (chunk_to_sector(c) - sector) << SECTOR_SHIFT);
 		cblb_reads_begin(s, &cl->range, chunk, c - 1);
@@ -173,6 +231,7 @@ static bool snap_read_run(struct cblb_snapshot *s, struct bio *parent, struct bv
 	}
 	if (slot) {
 		bytes = min(bytes, cblb_store_locate(&s->store, slot - 1, off, &sector));
+		bytes = snap_grow_copied(s, chunk, off, sector, bytes, iter->bi_size);
 		bio_set_dev(clone, s->store.bdev);
 	}
 	cl->parent = parent;
@@ -234,7 +293,7 @@ int cblb_snapimage_create(struct cblb_snapshot *s)
 			  BIOSET_NEED_RESCUER);
 	if (err)
 		return err;
-	disk = cblb_alloc_disk(s->origin_lbs);
+	disk = cblb_alloc_disk(s->origin.bdev);
 	if (IS_ERR(disk)) {
 		err = PTR_ERR(disk);
 		goto fail_disk;
