@@ -54,7 +54,8 @@
 #define CBLB_CHUNK_SECTORS	(CBLB_CHUNK_SIZE >> SECTOR_SHIFT)
 /* Chunks copied per batch (one flight): 1 MiB. */
 #define CBLB_BATCH_CHUNKS	256
-/* Batches in the air at once per snapshot: caps staged copies at 4 MiB (doc/COW.md). */
+/* Batches in the air at once per snapshot: caps staged copies at 4 MiB (doc/COW.md).
+ * One flight's pages are allocated at start, the others when writes need them. */
 #define CBLB_FLIGHTS		4
 /*
  * The preparer keeps the next whole temp file, and at least 16 MiB, ready ahead; 64 MiB
@@ -208,6 +209,7 @@ struct cblb_snapshot {
 	spinlock_t flight_lock;
 	struct list_head free_flights;	/* Protected by flight_lock */
 	unsigned int nr_free_flights;	/* Protected by flight_lock */
+	unsigned int nr_flights;	/* flights with pages; grown by the worker only */
 	wait_queue_head_t flight_wq;
 	struct list_head flights;	/* staged, Protected by read_lock */
 	struct bio_set cow_bs;

@@ -8,7 +8,7 @@
  * straight through. The others are queued in arrival order on snapshot->pending; one work
  * item per snapshot (never running twice at once) gathers their chunks into a batch, reads
  * runs of consecutive chunks with one bio each into a free flight's pages, stages the
- * flight, releases the writes and submits the flight's store writes. A write to a chunk
+ * flight, releases the writes, then submits the flight's store writes. A write to a chunk
  * already queued is queued behind it, so no write ever passes a copy in progress.
  *
  * Lock story:
@@ -18,7 +18,8 @@
  *   "taken" (copied or being copied) when it is in the index or in a staged flight;
  *   both are looked at under read_lock, and a flight leaves the list (under read_lock)
  *   only after its chunks are in the index, so a chunk never looks untaken once taken.
- * - flight_lock (spinlock) protects free_flights; the worker waits on flight_wq for one.
+ * - flight_lock (spinlock) protects free_flights and nr_free_flights; the worker waits
+ *   on flight_wq for one. nr_flights (flights with pages) belongs to the worker.
  * - The index has one writer: done_wq, an ordered workqueue that lands flights.
  * - Snapshot reads of the origin are registered by chunk range (reads.c). Before any
  *   write is released the worker waits for registered reads overlapping it; the chunks
@@ -145,6 +146,8 @@ bool cblb_cow_intercept(struct cblb_snapshot *s, struct bio *bio, sector_t rel, 
 	return true;
 }
 
+static void release_ready(struct cblb_snapshot *s, struct bio_list *list);
+
 /* ---- reading the old data ---- */
 
 struct cow_read {
@@ -207,20 +210,53 @@ static int cow_read_flight(struct cblb_snapshot *s, struct cblb_flight *f)
 
 /* ---- flights ---- */
 
+/* A free flight, or NULL. */
+static struct cblb_flight *flight_try_get(struct cblb_snapshot *s)
+{
+	struct cblb_flight *f;
+
+	spin_lock(&s->flight_lock);
+	f = list_first_entry_or_null(&s->free_flights, struct cblb_flight, node);
+	if (f) {
+		list_del(&f->node);
+		s->nr_free_flights--;
+	}
+	spin_unlock(&s->flight_lock);
+	return f;
+}
+
+/*
+ * Give the next flight its pages, if memory is at hand now (never waits for reclaim:
+ * the worker is on the writeback path). Worker only: flights get pages in order.
+ */
+static bool flight_grow(struct cblb_snapshot *s)
+{
+	struct cblb_flight *f;
+	unsigned int j;
+
+	if (s->nr_flights == CBLB_FLIGHTS)
+		return false;
+	f = s->flight_mem[s->nr_flights];
+	for (j = 0; j < CBLB_BATCH_CHUNKS; j++) {
+		if (f->pages[j])
+			continue;
+		f->pages[j] = alloc_page(GFP_NOIO | __GFP_NORETRY | __GFP_NOWARN);
+		if (!f->pages[j])
+			return false;	/* kept for the next try; freed at exit */
+	}
+	s->nr_flights++;
+	return true;
+}
+
+/* A free flight; waits for one to land when all are in the air. Worker only. */
 static struct cblb_flight *flight_get(struct cblb_snapshot *s)
 {
-	struct cblb_flight *f = NULL;
+	struct cblb_flight *f = flight_try_get(s);
 
-	wait_event(s->flight_wq, ({
-		spin_lock(&s->flight_lock);
-		f = list_first_entry_or_null(&s->free_flights, struct cblb_flight, node);
-		if (f) {
-			list_del(&f->node);
-			s->nr_free_flights--;
-		}
-		spin_unlock(&s->flight_lock);
-		f != NULL;
-	}));
+	if (!f && flight_grow(s))
+		return s->flight_mem[s->nr_flights - 1];
+	if (!f)
+		wait_event(s->flight_wq, (f = flight_try_get(s)) != NULL);
 	f->n = 0;
 	f->status = BLK_STS_OK;
 	return f;
@@ -240,7 +276,7 @@ static bool all_landed(struct cblb_snapshot *s)
 	bool landed;
 
 	spin_lock(&s->flight_lock);
-	landed = s->nr_free_flights == CBLB_FLIGHTS;
+	landed = s->nr_free_flights == s->nr_flights;
 	spin_unlock(&s->flight_lock);
 	return landed;
 }
@@ -291,6 +327,32 @@ void cblb_cow_endio(struct bio *bio)
 }
 
 /*
+ * How many pages a store write starting at piece (slot i, byte off, at sector) can take:
+ * the slots that follow it contiguously on the store device, at most BIO_MAX_VECS.
+ */
+static unsigned int store_run(struct cblb_store *st, struct cblb_flight *f, unsigned int i,
+			      unsigned int off, sector_t sector)
+{
+	sector_t next, want;
+	unsigned int len = cblb_store_locate(st, f->first_slot + i, off, &next), n = 1;
+
+	if (off + len != CBLB_CHUNK_SIZE)
+		return 1;		/* the slot goes on elsewhere */
+	want = sector + (len >> SECTOR_SHIFT);
+	for (i++; i < f->n && n < BIO_MAX_VECS; i++, n++) {
+		len = cblb_store_locate(st, f->first_slot + i, 0, &next);
+		if (next != want)
+			break;
+		want += len >> SECTOR_SHIFT;
+		if (len != CBLB_CHUNK_SIZE) {
+			n++;
+			break;
+		}
+	}
+	return n;
+}
+
+/*
  * Write the flight's pages to their slots (DIRECT): pieces that are contiguous on the
  * store device share a bio. The flight lands in done_wq when the last one completes; a
  * FILE store is written there instead.
@@ -320,8 +382,7 @@ static void flight_write(struct cblb_snapshot *s, struct cblb_flight *f)
 				}
 				if (!bio) {
 					bio = bio_alloc_bioset(st->bdev,
-							       min_t(unsigned int, f->n - i + 1,
-								     BIO_MAX_VECS),
+							       store_run(st, f, i, off, sector),
 							       REQ_OP_WRITE | REQ_SYNC, GFP_NOIO,
 							       &s->cow_bs);
 					bio->bi_iter.bi_sector = sector;
@@ -342,11 +403,12 @@ static void flight_write(struct cblb_snapshot *s, struct cblb_flight *f)
 }
 
 /*
- * Copy the flight's chunks: reserve slots, read the old data, stage the flight, send its
- * store writes. The caller then releases the writes. Worker context. On failure the
- * snapshot has failed and the flight is free again.
+ * Copy the flight's chunks into memory: reserve slots, read the old data, stage the
+ * flight. Worker context. True when staged: the caller releases the writes, then sends
+ * the store writes (flight_write). On failure the snapshot has failed and the flight is
+ * free again.
  */
-static void cow_copy_flight(struct cblb_snapshot *s, struct cblb_flight *f)
+static bool cow_stage_flight(struct cblb_snapshot *s, struct cblb_flight *f)
 {
 	ktime_t t0 = ktime_get();
 	unsigned int n = f->n;
@@ -364,10 +426,21 @@ static void cow_copy_flight(struct cblb_snapshot *s, struct cblb_flight *f)
 	atomic64_add(n, &s->cow_chunks);
 	trace_cblb_cow(s->name, n, (u64)n << CBLB_CHUNK_SHIFT,
 		       ktime_to_ns(ktime_sub(ktime_get(), t0)));
-	flight_write(s, f);
-	return;
+	return true;
 fail:
 	flight_put(s, f);
+	return false;
+}
+
+/* Stage f, let the writes waiting for it go, then send its store writes. */
+static void cow_copy_flight(struct cblb_snapshot *s, struct cblb_flight *f,
+			    struct bio_list *ready)
+{
+	bool staged = cow_stage_flight(s, f);
+
+	release_ready(s, ready);
+	if (staged)
+		flight_write(s, f);
 }
 
 static bool batch_has(const struct cblb_flight *f, u64 c)
@@ -454,9 +527,8 @@ static void cow_work_fn(struct work_struct *work)
 					continue;
 				}
 				if (f && f->n == CBLB_BATCH_CHUNKS) {
-					cow_copy_flight(s, f);
+					cow_copy_flight(s, f, &ready);
 					f = NULL;
-					release_ready(s, &ready);
 					continue;
 				}
 				if (!f)
@@ -466,7 +538,7 @@ static void cow_work_fn(struct work_struct *work)
 			bio_list_add(&ready, bio);
 		}
 		if (f && f->n && cow_live(s)) {
-			cow_copy_flight(s, f);
+			cow_copy_flight(s, f, &ready);
 			f = NULL;
 		}
 		release_ready(s, &ready);
@@ -515,7 +587,9 @@ int cblb_cow_init(struct cblb_snapshot *s)
 	INIT_LIST_HEAD(&s->flights);
 	init_waitqueue_head(&s->flight_wq);
 	s->nr_free_flights = 0;
+	s->nr_flights = 0;
 
+	/* Flights are small; their pages (1 MiB each) come as needed, the first one now. */
 	for (i = 0; i < CBLB_FLIGHTS; i++) {
 		struct cblb_flight *f = kzalloc(sizeof(*f), GFP_KERNEL);
 
@@ -524,14 +598,15 @@ int cblb_cow_init(struct cblb_snapshot *s)
 		s->flight_mem[i] = f;
 		f->snap = s;
 		INIT_WORK(&f->done_work, flight_done_fn);
-		for (j = 0; j < CBLB_BATCH_CHUNKS; j++) {
-			f->pages[j] = alloc_page(GFP_KERNEL);
-			if (!f->pages[j])
-				goto fail_flights;
-		}
-		list_add(&f->node, &s->free_flights);
-		s->nr_free_flights++;
 	}
+	for (j = 0; j < CBLB_BATCH_CHUNKS; j++) {
+		s->flight_mem[0]->pages[j] = alloc_page(GFP_KERNEL);
+		if (!s->flight_mem[0]->pages[j])
+			goto fail_flights;
+	}
+	s->nr_flights = 1;
+	list_add(&s->flight_mem[0]->node, &s->free_flights);
+	s->nr_free_flights = 1;
 	err = bioset_init(&s->cow_bs, CBLB_FLIGHTS * 4, 0, BIOSET_NEED_BVECS);
 	if (err)
 		goto fail_flights;

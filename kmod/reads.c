@@ -5,10 +5,10 @@
  * (kmod/doc/LAYOUTS.md, "Origin writes wait only for the reads they must").
  *
  * A piece of a snapshot read that goes to the origin covers a run of uncopied chunks
- * [first, last]. It is registered (cblb_reads_begin) under read_lock after the index said
- * "uncopied" under the same lock, and leaves the list when its clone completes. The COW
- * worker records copied chunks in the index before it asks for overlapping reads, so the
- * reads it waits for all started earlier and the wait ends.
+ * [first, last]. It is registered (cblb_reads_begin) under read_lock after the index and
+ * the staged flights said "not copied" under the same lock, and leaves the list when its
+ * clone completes. The COW worker stages copied chunks (cow.c) before it asks for
+ * overlapping reads, so the reads it waits for all started earlier and the wait ends.
  *
  * Every clone the snapshot device sends (to the origin, the store, or a file read) is
  * also counted in nr_clones, so that remove can close the device and wait for all of

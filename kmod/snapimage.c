@@ -29,6 +29,9 @@
 #include <linux/slab.h>
 #include "cblb.h"
 
+/* Chunks one origin clone of a snapshot read covers at most (1 MiB). */
+#define CBLB_READ_RUN	256
+
 static int cblb_major;
 
 struct cblb_clone {
@@ -212,6 +215,9 @@ static bool snap_read_run(struct cblb_snapshot *s, struct bio *parent, struct bv
 		return true;
 	}
 	if (!slot) {
+		/* one registration covers at most CBLB_READ_RUN chunks: a write to one of them
+		 * waits for no more than that */
+		last = min(last, chunk + CBLB_READ_RUN - 1);
 		for (c = chunk + 1; c <= last && !cblb_index_get(s, c) && !cblb_cow_staged(s, c);
 		     c++)
 			;

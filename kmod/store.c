@@ -17,7 +17,7 @@
  * Layout: kmod/doc/STORE.md.
  *
  * FILE (tmpfs, btrfs, overlayfs, NFS, ...): slots are written with kernel_write() by the
- * COW worker and read with kernel_read() by st->read_wq for the snapshot device. Refused
+ * COW pipeline's completion workqueue and read with kernel_read() by st->read_wq for the snapshot device. Refused
  * when the catalog's filesystem lies on the origin or on a device stacked on it.
  *
  * FIEMAP only reports to a user-space buffer. "start" runs in the writer's process and
@@ -29,8 +29,8 @@
  * - files[i] is written once by the preparer, published with smp_store_release() before
  *   nr_ready counts it, read with smp_load_acquire(); it never changes until exit.
  * - next_slot belongs to the COW worker; the preparer only peeks at it.
- * Context: cblb_store_alloc() and cblb_store_write_file() run in the COW worker and may
- * sleep; cblb_store_read_file() runs in st->read_wq; cblb_store_locate() never sleeps
+ * Context: cblb_store_alloc() runs in the COW worker, cblb_store_write_file() in the COW
+ * pipeline's completion workqueue; both may sleep; cblb_store_read_file() runs in st->read_wq; cblb_store_locate() never sleeps
  * (submit paths).
  */
 #define pr_fmt(fmt) "cblb: " fmt
@@ -601,6 +601,13 @@ static int store_check_direct(struct cblb_store *st)
 	struct cblb_snapshot *s = st->snap;
 
 	st->home = st->bdev;
+	/* a slot is read at any 512-byte offset the snapshot is read at */
+	if (bdev_logical_block_size(st->bdev) > s->origin_lbs) {
+		pr_notice_ratelimited("start %s: catalog %s is on %pg, whose %u-byte blocks are larger than the origin's %u; put the catalog on another device\n",
+				      s->name, st->catalog_name, st->bdev,
+				      bdev_logical_block_size(st->bdev), s->origin_lbs);
+		return -EOPNOTSUPP;
+	}
 	st->on_origin = bdev_overlaps_origin(s, st->bdev);
 	if (st->on_origin) {
 		if (st->bdev->bd_start_sect != s->origin_start) {
