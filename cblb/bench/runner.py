@@ -6,16 +6,18 @@ Every raw figure lands in ``results["runs"]`` as one flat record::
      "rep": 0, "warmup": false, "metrics": {"write_bw": ..., "write_p99_us": ...},
      "info": {"fio_args": [...], ...}}
 
-plus experiment parameters as top-level keys (``frac``, ``total``, ``variant``,
+plus experiment parameters as top-level keys (``device``, ``frac``, ``total``, ``variant``,
 ``file_size``, ``max_files``). :mod:`.analysis` turns them into summaries and ratios.
-Repetitions are interleaved (rep 0 of every target, then rep 1, ...) and the target order
-rotates, so drift of a shared, busy machine spreads over all targets alike.
+The comparison and the snapshot reads run on each device set of :mod:`.devices` in turn
+(``ram``, then ``ssd``); the sweeps on ``ram``. Repetitions are interleaved (rep 0 of
+every target, then rep 1, ...) and the target order rotates, so drift of a shared, busy
+machine spreads over all targets alike. Every measured run lasts ``runtime`` seconds or
+moves 512 MiB (see :mod:`.workloads`).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-from functools import partial
 import json
 import math
 import os
@@ -25,16 +27,26 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
 from .. import __version__
-from ..control import Controller, SnapshotState
+from ..control import Controller
 from ..errors import CblbError
 from . import SCHEMA_VERSION
 from . import devices as dv
-from .workloads import MiB, WORKLOADS, FioResult, Workload, fio_version, run_fio
+from .workloads import (
+    CHANGE,
+    FILL,
+    SEQREAD,
+    WORKLOADS,
+    MiB,
+    Workload,
+    fio_version,
+    run_fio,
+)
 
 SNAP = "cbench0"
 SEED_FILE_SIZE = 409600  # the seed's temp-file size, in 512-byte blocks (200 MiB)
@@ -48,7 +60,11 @@ class ModeConfig:
     region: dict[str, int]          # bytes per workload
     snapread_region: int
     sweep_region: int
-    runtime_cap: float              # seconds; fio stops a slow first pass there
+    runtime: float                  # seconds of every measured run (cap or time_based)
+    workloads: tuple[str, ...] = ("seq1m", "rand4k", "db")
+    devices: tuple[str, ...] = ("ram", "ssd")
+    snapread_reps: int = 3
+    tracer_pairs: int = 5           # (unloaded, loaded) pairs of the tracer-cost test
     targets: tuple[str, ...] = ("none", "cblb", "dm4k", "dm64k")
     snapread_targets: tuple[str, ...] = ("cblb", "dm4k")
     fracs: tuple[float, ...] = (0.1, 0.5)
@@ -58,31 +74,39 @@ class ModeConfig:
     max_files_small: int = 2048     # file size of the max-files sweep (1 MiB)
     max_files: tuple[int, ...] = (4, 8, 16, 64)
     warmup: bool = True
+    dm_rewrite: bool = True         # also time dm-snapshot's rewrite pass (no target needs it)
     catalog_on_origin: bool = True
 
     @property
     def origin_size(self) -> int:
-        big = max(list(self.region.values()) + [self.snapread_region, self.sweep_region])
-        return max(64 * MiB, 2 * big)
+        """The span of the origin any experiment writes (all start at offset 0)."""
+        return max(list(self.region.values()) + [self.snapread_region, self.sweep_region,
+                                                 64 * MiB])
 
 
+# Regions: a first pass must not run out of fresh blocks before ``runtime`` (or must be
+# 512 MiB); the guest's ~1.5 GiB of writable RAM holds the origin plus one COW store.
 MODES: dict[str, ModeConfig] = {
-    "full": ModeConfig("full", reps=5, sweep_reps=3,
-                       region={"seq1m": 128 * MiB, "rand4k": 32 * MiB, "db": 32 * MiB},
-                       snapread_region=128 * MiB, sweep_region=32 * MiB, runtime_cap=120,
-                       snapread_targets=("cblb", "dm4k", "dm64k")),
-    "quick": ModeConfig("quick", reps=3, sweep_reps=2,
-                        region={"seq1m": 32 * MiB, "rand4k": 8 * MiB, "db": 8 * MiB},
-                        snapread_region=32 * MiB, sweep_region=8 * MiB, runtime_cap=15,
-                        totals=(1, 16, 255), file_sizes=(2048, 16384, 131072, SEED_FILE_SIZE),
-                        max_files=(4, 8, 32)),
-    "tiny": ModeConfig("tiny", reps=2, sweep_reps=1,
-                       region={"seq1m": 8 * MiB, "rand4k": 2 * MiB, "db": 2 * MiB},
-                       snapread_region=8 * MiB, sweep_region=2 * MiB, runtime_cap=5,
-                       fracs=(0.1, 0.5), totals=(1, 255), several=2,
-                       file_sizes=(2048, SEED_FILE_SIZE), max_files=(1, 16), warmup=False,
-                       catalog_on_origin=False),
+    "full": ModeConfig("full", reps=5, sweep_reps=3, runtime=10,
+                       region={"seq1m": 512 * MiB, "rand4k": 128 * MiB, "db": 128 * MiB},
+                       snapread_region=64 * MiB, sweep_region=128 * MiB, snapread_reps=5,
+                       tracer_pairs=9, snapread_targets=("cblb", "dm4k", "dm64k")),
+    "quick": ModeConfig("quick", reps=3, sweep_reps=1, runtime=5,
+                        region={"seq1m": 512 * MiB, "rand4k": 128 * MiB},
+                        workloads=("seq1m", "rand4k"),
+                        snapread_region=32 * MiB, sweep_region=128 * MiB, snapread_reps=2,
+                        snapread_targets=("cblb",), totals=(1, 255), several=2,
+                        file_sizes=(2048, SEED_FILE_SIZE), max_files=(4,),
+                        dm_rewrite=False, catalog_on_origin=False),
+    "tiny": ModeConfig("tiny", reps=2, sweep_reps=1, runtime=2,
+                       region={"seq1m": 64 * MiB, "rand4k": 16 * MiB},
+                       workloads=("seq1m", "rand4k"),
+                       snapread_region=16 * MiB, sweep_region=16 * MiB, snapread_reps=1,
+                       tracer_pairs=2, snapread_targets=("cblb",), totals=(1, 255),
+                       several=2, file_sizes=(2048, SEED_FILE_SIZE), max_files=(1,),
+                       warmup=False, catalog_on_origin=False),
 }
+MIN_BYTES = 512 * MiB   # a run shorter than ``runtime`` must move at least this much
 
 
 def cpu_calibration(seconds: float = 0.2) -> float:
@@ -106,6 +130,7 @@ class Step:
     label: str
     weight: float
     fn: Callable[[], None]
+    device: str = ""      # the device set it needs ("" for none)
 
 
 class Progress:
@@ -178,19 +203,33 @@ class Runner:
                 "cblb_version": __version__,
                 "fio_version": fio_version(),
                 "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                "storage": "loop devices over files in the guest's /tmp (RAM): the figures "
-                           "measure CPU and copy overhead, not a disk",
+                "storage": "; ".join(f"{k}: {dv.DEVICE_LABEL[k]}" for k in mode.devices),
+                "devices": {},
+                "min_runtime_s": mode.runtime,
+                "min_bytes": MIN_BYTES,
                 "notes": [],
             },
             "config": {k: v for k, v in mode.__dict__.items()},
             "runs": [],
         }
-        self.origin: dv.Loop | None = None
-        self.cow: dv.Loop | None = None
-        self.catalog: dv.Catalog | None = None
+        self.dev: dv.DeviceSet | None = None
+        self.failed_sets: set[str] = set()
         self.extras: list[dv.Loop] = []
 
     # ---- helpers ------------------------------------------------------------------
+    @property
+    def origin(self) -> dv.Loop | dv.Disk:
+        return self.devset().origin
+
+    @property
+    def catalog(self) -> dv.Catalog:
+        return self.devset().catalog
+
+    def devset(self, kind: str | None = None) -> dv.DeviceSet:
+        if self.dev is None or (kind and self.dev.kind != kind):
+            raise CblbError(f"bench: the {kind or 'current'} device set is not set up")
+        return self.dev
+
     def note(self, text: str) -> None:
         self.results["meta"]["notes"].append(text)
         print(f"[bench] note: {text}", file=self.stream, flush=True)
@@ -198,6 +237,7 @@ class Runner:
     def record(self, experiment: str, target: str, metrics: dict[str, float], *,
                workload: str = "", phase: str = "", rep: int = 0, warmup: bool = False,
                info: dict[str, Any] | None = None, **params: Any) -> dict[str, Any]:
+        params.setdefault("device", self.dev.kind if self.dev else "ram")
         run = {"experiment": experiment, "target": target, "workload": workload,
                "phase": phase, "rep": rep, "warmup": warmup, **params,
                "metrics": {k: float(v) for k, v in metrics.items()}, "info": info or {}}
@@ -230,7 +270,7 @@ class Runner:
     def start_cblb(self, name: str, origin: str, file_size: int = SEED_FILE_SIZE,
                    max_files: int = 4, catalog: str | None = None) -> tuple[Any, float]:
         self.ctl.create(name, origin)
-        cat = catalog or self.catalog.folder(name)  # type: ignore[union-attr]
+        cat = catalog or self.catalog.folder(name)
         t = time.monotonic()
         snap = self.ctl.start(name, cat, file_size, max_files)
         return snap, (time.monotonic() - t) * 1e6
@@ -241,50 +281,81 @@ class Runner:
     # ---- setup --------------------------------------------------------------------
     def setup(self) -> None:
         dv.prepare_kernel()
-        m = self.mode
-        self.origin = dv.make_loop(m.origin_size, "origin")
-        self.cow = dv.make_loop(m.origin_size + 8 * MiB, "dmcow")
-        # The seed's first temp file (200 MiB) plus the largest sweep, plus room for ext4.
-        self.catalog = dv.make_catalog(SEED_FILE_SIZE * 512 + m.origin_size + 96 * MiB)
-        for i in range(max(0, m.several - 1)):
+        for i in range(max(1, self.mode.several - 1)):
             self.extras.append(dv.make_loop(16 * MiB, f"extra{i}"))
         self.reload(4)
+
+    def open_set(self, kind: str) -> None:
+        """Set up one device set; the one before it is torn down first (RAM is short)."""
+        self.close_set()
+        m = self.mode
+        try:
+            if kind == "ram":
+                # The catalog holds the seed's 200 MiB temp files for the largest region
+                # (allocated, never written: sparse costs nothing) plus ext4's own room.
+                self.dev = dv.make_ram_set(m.origin_size, m.origin_size + 64 * MiB,
+                                           2 * m.origin_size + SEED_FILE_SIZE * 512
+                                           + 256 * MiB)
+            elif kind == "ssd":
+                self.dev = dv.make_ssd_set(m.origin_size)
+            else:
+                raise CblbError(f"bench: unknown device set {kind}")
+        except (CblbError, OSError, subprocess.SubprocessError):
+            self.failed_sets.add(kind)
+            raise
+        self.results["meta"]["devices"][kind] = self.dev.describe()
+
+    def close_set(self) -> None:
+        if self.dev is None:
+            return
+        try:
+            self.cleanup_snapshots()
+        finally:
+            dev, self.dev = self.dev, None
+            dev.teardown()
 
     def teardown(self) -> None:
         try:
             self.cleanup_snapshots()
         except Exception:
             pass
-        for loop in [self.origin, self.cow] + self.extras:
-            if loop:
-                loop.detach()
-        if self.catalog:
-            self.catalog.teardown()
+        try:
+            self.close_set()
+        except Exception:
+            pass
+        for loop in self.extras:
+            loop.detach()
 
     # ---- one target, set up fresh ---------------------------------------------------
     def target_open(self, target: str) -> tuple[str, str, Any]:
         """(write path, snapshot path, handle) of a fresh snapshot of the origin."""
-        assert self.origin and self.cow
+        d = self.devset()
         if target == "none":
-            return self.origin.device, "", None
+            return d.origin.device, "", None
         if target == "cblb":
-            snap, wall_us = self.start_cblb(SNAP, self.origin.device)
-            return self.origin.device, snap.device, ("cblb", snap, wall_us)
+            region = max(self.mode.region.values())
+            snap, wall_us = self.start_cblb(SNAP, d.origin.device, SEED_FILE_SIZE,
+                                            self.files_needed(region, SEED_FILE_SIZE))
+            return d.origin.device, snap.device, ("cblb", snap, wall_us)
         if target.startswith("dm"):
             chunk = {"dm4k": 8, "dm64k": 128}[target]
-            dm = dv.DmSnapshot(self.origin, self.cow, chunk)
+            dm = dv.DmSnapshot(d.origin, d.cow, chunk)
             return dm.origin_path, dm.snap_path, ("dm", dm)
         raise CblbError(f"unknown target {target}")
 
     def target_close(self, handle: Any) -> None:
         if not handle:
             return
-        if handle[0] == "cblb":
-            self.ctl.remove(SNAP)
-        else:
-            handle[1].remove()
+        try:
+            if handle[0] == "cblb":
+                self.ctl.remove(SNAP)
+            else:
+                handle[1].remove()
+        finally:
+            if self.dev:
+                self.dev.after_target()
 
-    def cow_state(self, handle: Any) -> dict[str, float]:
+    def cow_state(self, handle: Any) -> dict[str, Any]:
         if not handle:
             return {}
         if handle[0] == "cblb":
@@ -293,71 +364,134 @@ class Runner:
                     "files_used": s.files_used, "index_bytes": s.index_bytes,
                     "start_latency_us": s.start_latency_us, "failed": float(
                         s.state.failed)}
-        data, meta = handle[1].cow_bytes()
-        return {"cow_bytes": data, "cow_meta_bytes": meta,
-                "cow_chunks": data / (handle[1].chunk * 512)}
+        dm = handle[1]
+        status = dm.status()
+        used, _total, meta = dv.parse_dm_status(status)
+        data = (used - meta) * 512
+        return {"cow_bytes": data, "cow_meta_bytes": meta * 512,
+                "cow_chunks": data / dm.chunk_bytes, "dm_status": status}
+
+    @staticmethod
+    def expected_chunks(handle: Any, wl: Workload, written: int) -> float | None:
+        """Chunks a first pass must copy, where the workload tells exactly: a sequential
+        pass from offset 0 touches ceil(bytes / chunk) chunks; random writes as large as
+        the chunk touch one fresh chunk each (fio's random map). cblb copies 4 KiB per
+        4 KiB written."""
+        if handle[0] == "cblb":
+            return written / 4096
+        chunk = handle[1].chunk_bytes
+        if wl.rw == "write":
+            return float(math.ceil(written / chunk))
+        if wl.rw == "randwrite" and wl.bs == chunk:
+            return written / chunk
+        return None
 
     # ---- experiments ----------------------------------------------------------------
-    def compare_one(self, target: str, wl: Workload, rep: int, warmup: bool,
-                    scale: float = 1.0) -> None:
-        """First-touch pass then rewrite pass of one workload on a fresh snapshot."""
-        region = max(wl.bs * 16, int(self.mode.region[wl.name] * scale))
+    def compare_one(self, target: str, wl: Workload, rep: int, warmup: bool) -> None:
+        """No snapshot: one time-based run. A snapshot (fresh): the first pass, then the
+        rewrite pass over chunks already copied (:meth:`rewrite_span`)."""
+        m = self.mode
+        region = m.region[wl.name] // (8 if warmup else 1)
+        runtime = 1.0 if warmup else m.runtime
         path, _snap, handle = self.target_open(target)
+        log = None
+        if rep == 0 and not warmup:
+            log = str(self.logs / f"{self.devset().kind}-{target}-{wl.name}-first")
+        if handle is None:
+            try:
+                r = run_fio(wl, path, region, lat_log=log, runtime=runtime, time_based=True)
+            finally:
+                self.target_close(handle)
+            self.record("compare", target, r.metrics(), workload=wl.name, phase="base",
+                        rep=rep, warmup=warmup,
+                        info={"fio_args": r.argv, "region": region,
+                              "lat_log": (log + "_clat.1.log") if log else ""})
+            return
+        log2 = log.replace("-first", "-rewrite") if log else None
         try:
             slab0 = dv.slab_bytes()
             base = self.cow_state(handle)
-            log = None
-            if rep == 0 and not warmup:
-                log = str(self.logs / f"{target}-{wl.name}-first")
-            first = run_fio(wl, path, region, lat_log=log, runtime=self.mode.runtime_cap)
+            first = run_fio(wl, path, region, lat_log=log, runtime=runtime)
             after1 = self.cow_state(handle)
             slab1 = dv.slab_bytes()
             done = first.write_bytes + first.read_bytes
-            log2 = log.replace("-first", "-rewrite") if log else None
-            rew = run_fio(wl, path, region, io_size=done, lat_log=log2)
-            after2 = self.cow_state(handle)
+            rew = None
+            if not warmup and (handle[0] == "cblb" or self.mode.dm_rewrite):
+                span, filled = self.rewrite_span(wl, path, region, done)
+                before2 = self.cow_state(handle)
+                rew = run_fio(wl, path, span, lat_log=log2, runtime=runtime, time_based=True)
+                after2 = self.cow_state(handle)
+                rew_info = {"span": span, "fill_bytes": filled}
         finally:
             self.target_close(handle)
-        for phase, r, before, after, lg in (("first", first, base, after1, log),
-                                            ("rewrite", rew, after1, after2, log2)):
-            m = r.metrics()
-            if handle:
-                cow = after.get("cow_bytes", 0) - before.get("cow_bytes", 0)
-                m["cow_bytes"] = cow
-                m["cow_per_byte"] = cow / r.write_bytes if r.write_bytes else 0.0
-                for k in ("files_used", "index_bytes", "cow_chunks", "failed", "cow_meta_bytes"):
-                    if k in after:
-                        m[k] = after[k]
-                if phase == "first" and handle[0] == "cblb":
-                    chunks = after.get("cow_chunks", 0)
-                    m["index_per_chunk"] = after["index_bytes"] / chunks if chunks else 0.0
-                    m["slab_delta_bytes"] = slab1 - slab0
-                    m["slab_per_chunk"] = (slab1 - slab0) / chunks if chunks else 0.0
-                    m["start_latency_us"] = after["start_latency_us"]
-            self.record("compare", target, m, workload=wl.name, phase=phase, rep=rep,
-                        warmup=warmup, info={"fio_args": r.argv, "region": region,
-                                             "lat_log": (lg + "_clat.1.log") if lg else ""})
+        passes = [("first", first, base, after1, log)]
+        if rew is not None:
+            passes.append(("rewrite", rew, before2, after2, log2))
+        for phase, r, before, after, lg in passes:
+            mt = r.metrics()
+            cow = after.get("cow_bytes", 0) - before.get("cow_bytes", 0)
+            chunks = after.get("cow_chunks", 0) - before.get("cow_chunks", 0)
+            mt["cow_bytes"] = cow
+            mt["cow_per_byte"] = cow / r.write_bytes if r.write_bytes else 0.0
+            mt["chunks_copied"] = chunks
+            if phase == "first":
+                want = self.expected_chunks(handle, wl, r.write_bytes)
+                if want is not None:
+                    mt["chunks_expected"] = want
+                    mt["copied_all"] = float(chunks >= want - 1e-9)
+            for k in ("files_used", "index_bytes", "failed", "cow_meta_bytes"):
+                if k in after:
+                    mt[k] = after[k]
+            if phase == "first" and handle[0] == "cblb":
+                total_chunks = after.get("cow_chunks", 0)
+                mt["index_per_chunk"] = (after["index_bytes"] / total_chunks
+                                         if total_chunks else 0.0)
+                mt["slab_delta_bytes"] = slab1 - slab0
+                mt["slab_per_chunk"] = (slab1 - slab0) / total_chunks if total_chunks else 0.0
+                mt["start_latency_us"] = after["start_latency_us"]
+            info: dict[str, Any] = {"fio_args": r.argv, "region": region,
+                                    "lat_log": (lg + "_clat.1.log") if lg else ""}
+            if phase == "rewrite":
+                info.update(rew_info)
+            if handle[0] == "dm":
+                info["dm_status"] = {"before": before.get("dm_status", ""),
+                                     "after": after.get("dm_status", "")}
+                info["dm_tables"] = [f"{n}: {t}" for n, t in handle[1].tables]
+            self.record("compare", target, mt, workload=wl.name, phase=phase, rep=rep,
+                        warmup=warmup, info=info)
+
+    def rewrite_span(self, wl: Workload, path: str, region: int, done: int) -> tuple[int, int]:
+        """(span, bytes written to fill it): the span a rewrite pass runs over, time-based,
+        whose every chunk the snapshot has already copied. A sequential first pass copied
+        [0, done); after a random one, a sequential pass over the region (not measured)
+        copies the chunks it left."""
+        if wl.rw == "write":
+            return max(wl.bs, done // wl.bs * wl.bs), 0
+        return region, run_fio(FILL, path, region).write_bytes
 
     def snapread_one(self, target: str, frac: float, rep: int) -> None:
-        region = self.mode.snapread_region
+        m = self.mode
+        region = m.snapread_region
         path, snap, handle = self.target_open(target)
         try:
-            change = run_fio(WORKLOADS["rand4k"], path, region, io_size=int(region * frac) // 4096 * 4096)
-            seqr = Workload("seqread", "sequential 1 MiB reads", "read", MiB)
-            orig = run_fio(seqr, path, region)
-            sr = run_fio(seqr, snap, region)
+            change = run_fio(CHANGE, path, region,
+                             io_size=int(region * frac) // 4096 * 4096)
+            orig = run_fio(SEQREAD, path, region, runtime=m.runtime, time_based=True)
+            sr = run_fio(SEQREAD, snap, region, runtime=m.runtime, time_based=True)
             st = self.cow_state(handle)
             vr = None
-            if target == "cblb" and rep == 0 and frac == self.mode.fracs[0]:
+            if (target == "cblb" and rep == 0 and frac == m.fracs[0]
+                    and self.devset().kind == m.devices[0]):
                 vr = self.verify_one(snap, region)
         finally:
             self.target_close(handle)
         info = {"changed_bytes": change.write_bytes, "region": region}
-        self.record("snapread", target, {"read_bw": orig.read_bw}, workload="seqread",
-                    phase="origin", rep=rep, frac=frac, info=info)
-        self.record("snapread", target, {"read_bw": sr.read_bw, **{
+        self.record("snapread", target, orig.metrics(), workload="seqread",
+                    phase="origin", rep=rep, frac=frac, info={**info, "fio_args": orig.argv})
+        self.record("snapread", target, {**sr.metrics(), **{
             k: v for k, v in st.items() if k in ("cow_bytes", "cow_chunks")}},
-            workload="seqread", phase="snapshot", rep=rep, frac=frac, info=info)
+            workload="seqread", phase="snapshot", rep=rep, frac=frac,
+            info={**info, "fio_args": sr.argv})
         if vr:
             self.record("verify", "cblb", {"hash_bw": vr[1], "read_bw": sr.read_bw,
                                            "bytes": region}, workload="hash",
@@ -373,7 +507,6 @@ class Runner:
 
     def totals_one(self, total: int, variant: str, rep: int) -> None:
         self.reload(total)
-        assert self.origin
         k = 1 if variant == "one" else min(total, self.mode.several)
         region = self.mode.sweep_region
         fsz = 32768
@@ -383,18 +516,18 @@ class Runner:
             snap, _ = self.start_cblb(SNAP, self.origin.device, fsz,
                                       self.files_needed(region, fsz))
             r = run_fio(WORKLOADS["rand4k"], self.origin.device, region,
-                        runtime=self.mode.runtime_cap)
+                        runtime=self.mode.runtime)
         finally:
             self.cleanup_snapshots()
+            self.devset().after_target()
         self.record("totals", "cblb", {**r.metrics()}, workload="rand4k", phase="first",
                     rep=rep, total=total, variant=variant, info={"snapshots": k,
                                                                  "fio_args": r.argv})
 
     def filesize_one(self, file_size: int, rep: int) -> None:
-        assert self.origin
         region = self.mode.sweep_region
         mf = self.files_needed(region, file_size)
-        if (file_size * 512) > self.catalog.free():  # type: ignore[union-attr]
+        if (file_size * 512) > self.catalog.free():
             self.note(f"file size {file_size} skipped: catalog too small")
             return
         snap, wall_us = self.start_cblb(SNAP, self.origin.device, file_size, mf)
@@ -415,12 +548,13 @@ class Runner:
         th.start()
         try:
             r = run_fio(WORKLOADS["rand4k"], self.origin.device, region,
-                        runtime=self.mode.runtime_cap)
+                        runtime=self.mode.runtime)
         finally:
             stop.set()
             th.join()
             s = self.ctl.snapshot(SNAP)
             self.cleanup_snapshots()
+            self.devset().after_target()
         m = r.metrics()
         m.update({"start_latency_us": s.start_latency_us, "start_wall_us": wall_us,
                   "files_used": s.files_used, "cow_bytes": s.cow_bytes,
@@ -432,7 +566,7 @@ class Runner:
 
     def start_mounted_one(self, file_size: int, rep: int, fs: dv.Loop, mnt: Path) -> None:
         """start latency with a mounted, busy-free ext4 origin (freeze and thaw included)."""
-        if (file_size * 512) > self.catalog.free():  # type: ignore[union-attr]
+        if (file_size * 512) > self.catalog.free():
             return
         snap, wall_us = self.start_cblb(SNAP, fs.device, file_size, 2)
         s = self.ctl.snapshot(SNAP)
@@ -442,20 +576,20 @@ class Runner:
                     file_size=file_size, info={"freeze": s.freeze})
 
     def maxfiles_one(self, max_files: int) -> None:
-        assert self.origin
         region = self.mode.sweep_region
         fsz = self.mode.max_files_small
         self.start_cblb(SNAP, self.origin.device, fsz, max_files)
         err = ""
         try:
             r = run_fio(WORKLOADS["rand4k"], self.origin.device, region,
-                        runtime=self.mode.runtime_cap)
+                        runtime=self.mode.runtime)
             m = r.metrics()
             m["fio_ok"] = 1.0
         except CblbError as e:
             m, err = {"fio_ok": 0.0}, str(e)
         s = self.ctl.snapshot(SNAP)
         self.cleanup_snapshots()
+        self.devset().after_target()
         m.update({"files_used": s.files_used, "cow_bytes": s.cow_bytes,
                   "store_bytes": s.store_bytes,
                   "failed": float(s.state.failed)})
@@ -464,10 +598,11 @@ class Runner:
                     info={"state": s.state.value, "error": s.error, "fio_error": err,
                           "region": region})
 
-    def tracer_one(self, variant: str, rep: int) -> None:
-        """The tracer's own cost: writes to a device that has no snapshot, with the module
-        unloaded vs loaded with an active snapshot on another device."""
-        assert self.origin
+    def tracer_one(self, variant: str, pair: int) -> None:
+        """The module's write hook on its own: time-based writes to a device that has no
+        snapshot, with the module unloaded vs loaded with an active snapshot on another
+        device. Pairs run back to back, their order alternating; the cost is the ratio
+        within each pair."""
         if variant == "unloaded":
             self.unload()
         else:
@@ -475,12 +610,12 @@ class Runner:
             self.start_cblb("cbenchx0", self.extras[0].device, 32768, 4)
         try:
             r = run_fio(WORKLOADS["rand4k"], self.origin.device, self.mode.sweep_region,
-                        runtime=self.mode.runtime_cap)
+                        runtime=self.mode.runtime, time_based=True)
         finally:
             if self.ctl.loaded():
                 self.cleanup_snapshots()
-        self.record("tracer", variant, r.metrics(), workload="rand4k", phase="rewrite",
-                    rep=rep, variant=variant, info={"fio_args": r.argv})
+        self.record("tracer", variant, r.metrics(), workload="rand4k", phase="base",
+                    rep=pair, variant=variant, info={"fio_args": r.argv})
 
     def catorigin_one(self, target: str, rep: int, fs: dv.Loop, mnt: Path) -> None:
         """rand4k on a file in a mounted ext4 origin: no snapshot, catalog on a separate
@@ -496,77 +631,97 @@ class Runner:
                             catalog=cat)
             handle = True
         try:
-            first = run_fio(WORKLOADS["rand4k"], f, region, runtime=self.mode.runtime_cap)
-            rew = run_fio(WORKLOADS["rand4k"], f, region, io_size=first.write_bytes)
+            first = run_fio(WORKLOADS["rand4k"], f, region, runtime=self.mode.runtime)
+            span, _filled = self.rewrite_span(WORKLOADS["rand4k"], f, region,
+                                              first.write_bytes)
+            rew = run_fio(WORKLOADS["rand4k"], f, span, runtime=self.mode.runtime,
+                          time_based=True)
         finally:
             if handle:
                 self.cleanup_snapshots()
+                self.devset().after_target()
         for phase, r in (("first", first), ("rewrite", rew)):
             self.record("catorigin", target, r.metrics(), workload="rand4k", phase=phase,
                         rep=rep, info={"fio_args": r.argv})
 
     # ---- the plan -------------------------------------------------------------------
     def plan(self) -> list[Step]:
+        """The steps, each weighted by its expected seconds (for the ETA)."""
         m = self.mode
         steps: list[Step] = []
-        rw = {n: (m.region[n] / MiB) for n in WORKLOADS}
-        tw = {"none": 1.0, "cblb": 1.5, "dm4k": 4.0, "dm64k": 2.5}
+        run = m.runtime + 1.5                 # one fio run and its start-up
+        open_w = {"none": 0.0, "cblb": 2.0, "dm4k": 1.5, "dm64k": 1.5}
+        wls = [WORKLOADS[n] for n in m.workloads]
 
-        def add(label: str, w: float, fn: Callable[[], None]) -> None:
-            steps.append(Step(label, w, fn))
+        def add(label: str, w: float, fn: Callable[[], None], kind: str = "") -> None:
+            steps.append(Step(label, w, fn, kind))
 
-        if m.warmup:
-            for t in m.targets:
-                for wl in WORKLOADS.values():
-                    add(f"warm-up {t} {wl.name}", tw[t] * rw[wl.name] / 4,
-                        partial(self.compare_one, t, wl, -1, True, 0.25))
-        for rep in range(m.reps):
-            order = list(m.targets[rep % len(m.targets):] + m.targets[:rep % len(m.targets)])
-            for t in order:
-                for wl in WORKLOADS.values():
-                    add(f"compare rep {rep + 1}/{m.reps} {t:5s} {wl.name} (first + rewrite)",
-                        tw[t] * rw[wl.name] * 2,
-                        partial(self.compare_one, t, wl, rep, False))
-        for frac in m.fracs:
+        for kind in m.devices:
+            add(f"[{kind}] set up the {dv.DEVICE_LABEL[kind]} devices", 10,
+                partial(self.open_set, kind), kind)
+            if m.warmup:
+                # One short first pass per target (1 s, random writes: the most code paths).
+                for t in m.targets:
+                    add(f"[{kind}] warm-up {t}", 2.5 + open_w[t],
+                        partial(self.compare_one, t, wls[-1], -1, True), kind)
             for rep in range(m.reps):
-                for t in m.snapread_targets:
-                    add(f"snapshot reads {t} {int(frac * 100)}% changed rep {rep + 1}",
-                        tw[t] * m.snapread_region / MiB * (0.5 + frac),
-                        partial(self.snapread_one, t, frac, rep))
+                order = list(m.targets[rep % len(m.targets):] + m.targets[:rep % len(m.targets)])
+                for t in order:
+                    passes = 1 if t == "none" else 1 if t.startswith("dm") and \
+                        not m.dm_rewrite else 2
+                    what = {1: "time-based" if t == "none" else "first pass",
+                            2: "first + rewrite"}[passes]
+                    for wl in wls:
+                        fill = 4.0 if passes == 2 and wl.rw != "write" else 0.0
+                        add(f"[{kind}] compare rep {rep + 1}/{m.reps} {t:5s} {wl.name} ({what})",
+                            passes * run + open_w[t] + fill,
+                            partial(self.compare_one, t, wl, rep, False), kind)
+            for frac in m.fracs:
+                for rep in range(m.snapread_reps):
+                    for t in m.snapread_targets:
+                        add(f"[{kind}] snapshot reads {t} {int(frac * 100)}% changed "
+                            f"rep {rep + 1}", 2 * run + open_w[t] + 2 + 10 * frac,
+                            partial(self.snapread_one, t, frac, rep), kind)
+            if kind == "ram":
+                self.plan_ram_sweeps(add, run)
+            add(f"[{kind}] tear down", 2, self.close_set, kind)
+        return steps
+
+    def plan_ram_sweeps(self, add: Callable[..., None], run: float) -> None:
+        m = self.mode
+        for pair in range(m.tracer_pairs):
+            for variant in ("unloaded", "loaded") if pair % 2 == 0 else ("loaded", "unloaded"):
+                add(f"[ram] module write hook cost: module {variant} pair {pair + 1}/"
+                    f"{m.tracer_pairs}", run + 2, partial(self.tracer_one, variant, pair), "ram")
         for rep in range(m.sweep_reps):
             for total in m.totals:
                 for variant in ("one", "several"):
                     if variant == "several" and total < 2:
                         continue
-                    add(f"total={total} {variant} snapshot(s) rep {rep + 1}",
-                        2 * m.sweep_region / MiB + 2,
-                        partial(self.totals_one, total, variant, rep))
-        for rep in range(m.sweep_reps):
-            for variant in ("unloaded", "loaded") if rep % 2 == 0 else ("loaded", "unloaded"):
-                add(f"tracer cost: module {variant} rep {rep + 1}", m.sweep_region / MiB + 2,
-                    partial(self.tracer_one, variant, rep))
-        add("reload total=4", 1, lambda: self.reload(4))
+                    add(f"[ram] total={total} {variant} snapshot(s) rep {rep + 1}", run + 4,
+                        partial(self.totals_one, total, variant, rep), "ram")
+        add("[ram] reload total=4", 3, lambda: self.reload(4), "ram")
         for rep in range(m.sweep_reps):
             for fsz in m.file_sizes:
-                add(f"file size {fsz} blocks ({fsz * 512 // MiB or fsz * 512 // 1024} "
-                    f"{'MiB' if fsz * 512 >= MiB else 'KiB'}) rep {rep + 1}",
-                    2 * m.sweep_region / MiB + 1,
-                    partial(self.filesize_one, fsz, rep))
+                add(f"[ram] file size {fsz} blocks ({fsz * 512 // MiB or fsz * 512 // 1024} "
+                    f"{'MiB' if fsz * 512 >= MiB else 'KiB'}) rep {rep + 1}", run + 2,
+                    partial(self.filesize_one, fsz, rep), "ram")
         for mf in m.max_files:
-            add(f"max files {mf} (1 MiB files)", 2 * m.sweep_region / MiB,
-                partial(self.maxfiles_one, mf))
-        add("mounted origin: start latency per file size, catalog on origin",
-            len(m.file_sizes) * m.sweep_reps + (12 * m.sweep_region / MiB * m.sweep_reps
-                                                if m.catalog_on_origin else 0),
-            self.mounted_suite)
-        return steps
+            add(f"[ram] max files {mf} (1 MiB files)", run + 2,
+                partial(self.maxfiles_one, mf), "ram")
+        add("[ram] mounted origin: start latency per file size"
+            + (", catalog on origin" if m.catalog_on_origin else ""),
+            3 * len(m.file_sizes) * m.sweep_reps + (6 * run * m.sweep_reps
+                                                    if m.catalog_on_origin else 0),
+            self.mounted_suite, "ram")
 
     def mounted_suite(self) -> None:
         m = self.mode
-        fs = dv.make_loop(max(96 * MiB, 4 * m.sweep_region), "mounted")
+        fs = dv.make_loop(2 * m.sweep_region + 64 * MiB, "mounted", sparse=True)
         mnt = dv.WORKDIR / "mnt"
         mnt.mkdir(parents=True, exist_ok=True)
-        dv.sh(["mkfs.ext4", "-q", "-F", fs.device])
+        dv.sh(["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0",
+               fs.device])
         dv.sh(["mount", fs.device, str(mnt)])
         try:
             dv.sh(["fallocate", "-l", str(m.sweep_region), str(mnt / "data.bin")])
@@ -594,6 +749,9 @@ class Runner:
         prog = Progress(steps, self.stream)
         try:
             for i, st in enumerate(steps):
+                if st.device in self.failed_sets:
+                    prog.done_w += st.weight
+                    continue   # its device set could not be set up: noted once
                 prog.line(i, st)
                 try:
                     st.fn()

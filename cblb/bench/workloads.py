@@ -1,9 +1,18 @@
 """The fio workloads and the parser of fio's JSON output.
 
-Every workload runs twice over the same region with the same random sequence
-(``randrepeat=1``, fixed seed, fio's random map on): the *first* pass touches each block
-exactly once (each write forces a copy-on-write), the *rewrite* pass writes the very same
-blocks again (every block is already copied). Peers publish one number that mixes both.
+Every figure comes from a run of at least ``runtime`` seconds (5 s in ``--quick``) or
+512 MiB, however fast the target:
+
+- no snapshot: ``time_based``, the job loops over its region for the whole runtime;
+- *first* pass on a snapshot: each block written exactly once (fio's random map on,
+  ``randrepeat=1``, fixed seed), each write forcing a copy; ``runtime`` caps it, the region
+  is sized so that the cap, not the region, ends it (or the region is 512 MiB);
+- *rewrite* pass: ``time_based`` over a span whose every chunk is already copied: for
+  sequential writes the span the first pass wrote ([0, its bytes)); for random ones the
+  whole region, after a sequential pass (``FILL``, not measured) has copied the chunks the
+  first pass left. (fio's ``loops`` cannot replay a capped random pass: checked with
+  write_iolog on fio 3.33, the second loop neither re-seeds nor stops at ``io_size``.)
+  Peers publish one number mixing first writes and rewrites.
 """
 
 from __future__ import annotations
@@ -33,7 +42,8 @@ class Workload:
     extra: tuple[str, ...] = ()
 
     def args(self, filename: str, size: int, offset: int = 0, io_size: int | None = None,
-             lat_log: str | None = None, runtime: float | None = None) -> list[str]:
+             lat_log: str | None = None, runtime: float | None = None,
+             time_based: bool = False) -> list[str]:
         a = [f"--name={self.name}", f"--filename={filename}", f"--rw={self.rw}",
              f"--bs={self.bs}", f"--size={size}", f"--offset={offset}",
              f"--iodepth={self.iodepth}", "--direct=1", "--ioengine=libaio",
@@ -42,10 +52,11 @@ class Workload:
         if io_size is not None:
             a.append(f"--io_size={io_size}")
         if runtime:
-            # A cap, not time_based: a slow target stops early; its rewrite pass then
-            # replays exactly the bytes the first pass did (io_size), so it still hits
-            # only copied blocks.
-            a.append(f"--runtime={int(runtime)}")
+            # Without time_based a cap: a first pass stops there, each block written
+            # once. time_based (no snapshot, rewrites, reads) loops over the region.
+            a.append(f"--runtime={max(1, round(runtime))}")
+            if time_based:
+                a.append("--time_based=1")
         if lat_log:
             a += [f"--write_lat_log={lat_log}", "--log_avg_msec=100"]
         return a + list(self.extra)
@@ -59,6 +70,12 @@ WORKLOADS: dict[str, Workload] = {
                  iodepth=4, extra=("--rwmixread=70",)),
     )
 }
+SEQREAD = Workload("seqread", "sequential 1 MiB reads", "read", MiB)
+# Before a random rewrite pass: copies every chunk of the region (not measured).
+FILL = Workload("fill1m", "sequential 1 MiB writes over the region", "write", MiB)
+# Changes before the snapshot-read test: random 4 KiB writes, queue depth 8 (not measured).
+CHANGE = Workload("change4k", "random 4 KiB writes, queue depth 8", "randwrite", 4096,
+                  iodepth=8)
 # The rewrite pass of rand4k *is* "random overwrites of already-copied blocks".
 OVERWRITE_LABEL = "random 4 KiB overwrites of already-copied blocks (rand4k, rewrite pass)"
 
@@ -127,11 +144,12 @@ def fio_version() -> str:
 
 def run_fio(wl: Workload, filename: str, size: int, *, offset: int = 0,
             io_size: int | None = None, lat_log: str | None = None,
-            runtime: float | None = None, timeout: float = 900) -> FioResult:
+            runtime: float | None = None, time_based: bool = False,
+            timeout: float = 900) -> FioResult:
     exe = shutil.which("fio")
     if not exe:
         raise CblbError("fio not found; install it (apt-get install fio)")
-    argv = [exe] + wl.args(filename, size, offset, io_size, lat_log, runtime)
+    argv = [exe] + wl.args(filename, size, offset, io_size, lat_log, runtime, time_based)
     if lat_log:
         Path(lat_log).parent.mkdir(parents=True, exist_ok=True)
     p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)

@@ -84,9 +84,15 @@ def _bench(args: argparse.Namespace, ctl: Controller) -> int:
     for t in results["targets"]:
         if t["value"] is None:
             continue
-        val = f"{t['value'] * 100:.1f}%" if t["unit"] == "frac" else f"{t['value']:.3g}"
+
+        def fmt(v: float, unit: str = t["unit"]) -> str:
+            return f"{v * 100:.1f}%" if unit == "frac" else f"{v:.3g}"
+
+        rng = (f"{fmt(t['lo'])}..{fmt(t['hi'])}" if t.get("lo") is not None
+               and t.get("hi") is not None else "")
         mark = {True: "met", False: "MISSED", None: "?"}[t["met"]]
-        print(f"  {t['target'][:70]:70s} {val:>8s}  ({t['op']} {t['threshold']:g}) {mark}")
+        print(f"  {t.get('device', ''):3s} {t['target'][:64]:64s} {fmt(t['value']):>7s} "
+              f"{rng:>15s} ({t['op']} {t['threshold']:g}) {mark}")
     return 0
 
 
@@ -101,7 +107,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "  cblb bench --report-only lab-out/bench-quick   # re-render on the host",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
-                   help="small regions, 3 repetitions, fewer sweep points (<20 min in the lab)")
+                   help="3 repetitions of 5 s runs on RAM and an SSD-like null_blk, fewer sweep "
+                   "points (<20 min in the lab)")
     p.add_argument("--tiny", action="store_true",
                    help="smallest run that exercises every experiment (a few minutes; tests)")
     p.add_argument("--out", help="output folder (default $CBLB_LAB_OUT/bench or ./bench-out)")

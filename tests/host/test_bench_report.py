@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 
 from cblb.bench import analysis as an
-from cblb.bench import report
+from cblb.bench import devices, report, runner
 from cblb.bench.workloads import WORKLOADS, parse_fio_json
 from cblb.cli import build_parser, main
 
 BASE = {"seq1m": 400e6, "rand4k": 8e6, "db": 6e6}
-FACTOR = {"none": (1.0, 1.0), "cblb": (0.6, 0.97), "dm4k": (0.15, 0.9), "dm64k": (0.2, 0.85)}
+FACTOR = {"none": (1.0, 1.0), "cblb": (0.6, 0.98), "dm4k": (0.15, 0.9), "dm64k": (0.2, 0.85)}
+DEVS = {"ram": 1.0, "ssd": 0.5}   # the ssd set is slower; ratios the same
 
 
 def synthetic(reps: int = 3, seed: int = 1) -> dict:
@@ -23,34 +24,49 @@ def synthetic(reps: int = 3, seed: int = 1) -> dict:
 
     def add(metrics, **kw):
         run = {"experiment": "", "target": "", "workload": "", "phase": "", "rep": 0,
-               "warmup": False, "info": {}, **kw,
+               "warmup": False, "info": {}, "device": "ram", **kw,
                "metrics": {k: float(v) for k, v in metrics.items()}}
         runs.append(run)
 
-    for rep in range(-1, reps):
-        for t, (ff, fr) in FACTOR.items():
-            for wl in WORKLOADS:
-                for ph, f in (("first", ff), ("rewrite", fr)):
-                    bw = BASE[wl] * f * rnd.uniform(0.95, 1.05)
-                    m = {"write_bw": bw, "write_iops": bw / WORKLOADS[wl].bs,
-                         "write_p50_us": 100 / f, "write_p99_us": 400 / f * rnd.uniform(0.9, 1.1),
-                         "write_bytes": 8 << 20, "read_bw": bw * 2 if wl == "db" else 0.0}
-                    if t != "none":
-                        m["cow_per_byte"] = 1.0 if ph == "first" else 0.0
-                        if t == "cblb" and ph == "first":
-                            m["index_per_chunk"] = 4.5
-                            m["slab_per_chunk"] = 5.0
-                            m["start_latency_us"] = 900
-                    add(m, experiment="compare", target=t, workload=wl, phase=ph, rep=rep,
-                        warmup=rep < 0)
+    for dev, scale in DEVS.items():
+        for rep in range(-1, reps):
+            for t, (ff, fr) in FACTOR.items():
+                for wl in WORKLOADS:
+                    phases = (("base", 1.0),) if t == "none" else (("first", ff), ("rewrite", fr))
+                    for ph, f in phases:
+                        bw = BASE[wl] * scale * f * rnd.uniform(0.95, 1.05)
+                        m = {"write_bw": bw, "write_iops": bw / WORKLOADS[wl].bs,
+                             "write_p50_us": 100 / f,
+                             "write_p99_us": 400 / f * rnd.uniform(0.9, 1.1),
+                             "write_bytes": 8 << 20, "runtime_s": 5.0,
+                             "read_bw": bw * 2 if wl == "db" else 0.0}
+                        info = {}
+                        if t != "none":
+                            m["cow_per_byte"] = 1.0 if ph == "first" else 0.0
+                            m["chunks_copied"] = 2048.0 if ph == "first" else 0.0
+                            if ph == "first":
+                                m["chunks_expected"] = 2048.0
+                                m["copied_all"] = 1.0
+                            if t == "cblb" and ph == "first":
+                                m["index_per_chunk"] = 4.5
+                                m["slab_per_chunk"] = 5.0
+                                m["start_latency_us"] = 900
+                            if t.startswith("dm"):
+                                info = {"dm_status": {"before": "0 100 snapshot 16/200 16",
+                                                      "after": "0 100 snapshot 16400/200 16"}}
+                        add(m, experiment="compare", target=t, workload=wl, phase=ph, rep=rep,
+                            warmup=rep < 0, device=dev, info=info)
+        for rep in range(reps):
+            for t in ("cblb", "dm4k"):
+                for frac in (0.1, 0.5):
+                    add({"read_bw": 100e6 * scale, "runtime_s": 5.0}, experiment="snapread",
+                        target=t, workload="seqread", phase="origin", rep=rep, frac=frac,
+                        device=dev)
+                    add({"read_bw": 100e6 * scale * (1 - frac / 2) * rnd.uniform(0.97, 1.03),
+                         "runtime_s": 5.0},
+                        experiment="snapread", target=t, workload="seqread", phase="snapshot",
+                        rep=rep, frac=frac, device=dev)
     for rep in range(reps):
-        for t in ("cblb", "dm4k"):
-            for frac in (0.1, 0.5):
-                add({"read_bw": 100e6}, experiment="snapread", target=t, workload="seqread",
-                    phase="origin", rep=rep, frac=frac)
-                add({"read_bw": 100e6 * (1 - frac / 2) * rnd.uniform(0.97, 1.03)},
-                    experiment="snapread", target=t, workload="seqread", phase="snapshot",
-                    rep=rep, frac=frac)
         for total in (1, 16, 255):
             for variant in ("one", "several"):
                 if total == 1 and variant == "several":
@@ -58,15 +74,17 @@ def synthetic(reps: int = 3, seed: int = 1) -> dict:
                 add({"write_bw": 5e6 * rnd.uniform(0.98, 1.02)}, experiment="totals",
                     target="cblb", workload="rand4k", phase="first", rep=rep, total=total,
                     variant=variant)
-        for variant in ("loaded", "unloaded"):
-            add({"write_bw": 8e6 * rnd.uniform(0.99, 1.01)}, experiment="tracer",
-                target=variant, workload="rand4k", phase="rewrite", rep=rep, variant=variant)
         for fs in (2048, 16384, 409600):
             add({"write_bw": 5e6 * (0.9 if fs == 2048 else 1.0), "start_latency_us": 2000 + fs / 10,
                  "files_used": max(1, 8 * 2048 // fs), "failed": 0.0},
                 experiment="filesize", target="cblb", workload="rand4k", phase="first", rep=rep,
                 file_size=fs, max_files=20,
                 info={"growth": [[0.0, 1, 0], [1.0, 2, 4 << 20], [2.0, 3, 8 << 20]]})
+    for pair in range(5):
+        for variant in ("loaded", "unloaded"):
+            add({"write_bw": 8e6 * rnd.uniform(0.99, 1.01), "runtime_s": 5.0},
+                experiment="tracer", target=variant, workload="rand4k", phase="base",
+                rep=pair, variant=variant)
     add({"hash_bw": 50e6, "read_bw": 100e6, "bytes": 8 << 20}, experiment="verify",
         target="cblb", workload="hash", phase="snapshot", info={"engine": "reference: test"})
     return {"schema": 1, "meta": {
@@ -74,7 +92,12 @@ def synthetic(reps: int = 3, seed: int = 1) -> dict:
         "kernel": {"release": "6.12.0-test", "version": "#1", "cmdline": "console=ttyS0",
                    "note": ""},
         "machine": {"cpu": "QEMU TCG CPU version 2.5+", "cpus": 2, "emulated": True},
-        "storage": "RAM", "notes": [], "fio_version": "fio-3.33", "cblb_version": "0"},
+        "storage": "RAM", "notes": [], "fio_version": "fio-3.33", "cblb_version": "0",
+        "min_runtime_s": 5.0, "min_bytes": 512 << 20,
+        "devices": {"ram": {"storage": "loop over tmpfs", "origin": "/dev/loop0",
+                            "catalog": "/dev/loop1", "cow": "/dev/loop2"},
+                    "ssd": {"storage": "null_blk", "origin": "/dev/nullb0",
+                            "catalog": "/dev/nullb1", "cow": "/dev/nullb2"}}},
         "config": {"reps": reps}, "runs": runs}
 
 
@@ -102,13 +125,98 @@ def test_analysis_is_internally_consistent():
     res = an.analyse(synthetic())
     assert an.check_consistency(res) == []
     R = an.by_name(res["ratios"])
-    r = R["compare/rand4k/first/cblb/write_bw"]
-    assert r["value"] == pytest.approx(0.6, rel=0.1)
-    assert R["compare/rand4k/first/cblb_vs_dm4k/write_bw"]["value"] == pytest.approx(4, rel=0.15)
-    assert R["snapread/cblb/0.5"]["value"] == pytest.approx(0.75, rel=0.05)
+    for dev in ("ram", "ssd"):
+        r = R[f"compare/{dev}/rand4k/first/cblb/write_bw"]
+        assert r["value"] == pytest.approx(0.6, rel=0.1)
+        assert r["den"] == {"experiment": "compare", "device": dev, "target": "none",
+                            "workload": "rand4k"}  # the time-based baseline
+        assert len(r["per_rep"]) == 3 and r["rep_lo"] <= r["value"] <= r["rep_hi"]
+        assert R[f"compare/{dev}/rand4k/first/cblb_vs_dm4k/write_bw"]["value"] == \
+            pytest.approx(4, rel=0.15)
+        assert R[f"snapread/{dev}/cblb/0.5"]["value"] == pytest.approx(0.75, rel=0.05)
     names = {t["name"] for t in res["targets"]}
-    assert {"rewrite_rand4k", "first_rand4k_iops", "first_rand4k_vs_dm", "start_ms",
-            "index_bytes", "tracer_cost", "total_max", "snapread_0.1"} <= names
+    assert {"rewrite_rand4k", "rewrite_seq1m", "first_rand4k", "first_rand4k_vs_dm4k",
+            "first_rand4k_p99", "first_seq1m", "first_seq1m_vs_dm4k", "first_seq1m_vs_dm64k",
+            "start_ms", "index_bytes", "tracer_cost", "total_max", "snapread_0.1",
+            "snapread_0.5"} <= names
+
+
+def test_every_issue_target_is_judged_on_both_devices():
+    res = an.analyse(synthetic())
+    by = {(t["name"], t["device"]): t for t in res["targets"]}
+    for name, *_ in an.DEVICE_TARGETS:
+        for dev in ("ram", "ssd"):
+            t = by[(name, dev)]
+            assert t["met"] in (True, False), (name, dev)
+            assert t["lo"] is not None and t["lo"] <= t["value"] <= t["hi"]
+            assert t["n"] == 3
+    assert by[("first_seq1m", "ssd")]["met"] is True        # 0.6 >= 0.5
+    assert by[("first_rand4k_p99", "ram")]["met"] is True    # 1/0.6 <= 3
+    assert by[("rewrite_rand4k", "ram")]["met"] is True      # 0.98 >= 0.97, noisy
+    assert by[("snapread_0.1", "ssd")]["met"] is True
+    assert by[("snapread_0.5", "ssd")]["met"] is True
+
+
+def test_per_rep_spread_pairs_numerator_and_denominator_by_rep():
+    runs = []
+    for rep, (a, b) in enumerate(((1.0, 2.0), (3.0, 3.0), (2.0, 8.0))):
+        runs.append({"experiment": "x", "target": "a", "rep": rep, "warmup": False,
+                     "metrics": {"m": a}})
+        runs.append({"experiment": "x", "target": "b", "rep": rep, "warmup": False,
+                     "metrics": {"m": b}})
+    r = an.ratio(runs, "t", "m", {"target": "a"}, {"target": "b"})
+    assert r["per_rep"] == [0.5, 1.0, 0.25]
+    assert an.spread(r) == (0.25, 1.0)
+    assert (r["lo"], r["hi"]) == (1 / 8, 3 / 2)   # the widest spread stays available
+
+
+def test_tracer_cost_comes_with_an_interval():
+    res = an.analyse(synthetic())
+    t = next(t for t in res["targets"] if t["name"] == "tracer_cost")
+    assert t["n"] == 5 and t["lo"] <= t["value"] <= t["hi"]
+    assert "94% interval" in t["note"]
+    assert an.median_interval_confidence(5) == pytest.approx(0.9375)
+
+
+def test_short_runs_are_listed():
+    res = synthetic()
+    assert an.short_runs(res) == []
+    run = next(r for r in res["runs"] if r["experiment"] == "compare" and not r["warmup"])
+    run["metrics"]["runtime_s"] = 1.2
+    assert len(an.short_runs(res)) == 1
+    run["metrics"]["write_bytes"] = 600 << 20   # 512 MiB moved: long enough
+    assert an.short_runs(res) == []
+
+
+def test_results_without_devices_are_read_as_ram():
+    res = synthetic()
+    res["runs"] = [r for r in res["runs"] if r["device"] == "ram"]
+    for r in res["runs"]:
+        del r["device"]
+    an.analyse(res)
+    assert an.check_consistency(res) == []
+    assert "compare/ram/seq1m/first/cblb/write_bw" in an.by_name(res["ratios"])
+    assert not any(k.startswith("compare/ssd/") for k in an.by_name(res["ratios"]))
+
+
+def test_parse_dm_status():
+    assert devices.parse_dm_status("0 2097152 snapshot 16400/2228224 48\n") == (16400, 2228224, 48)
+    assert devices.parse_dm_status("0 2097152 snapshot Invalid") == (0, 0, 0)
+
+
+def test_quick_plan_fits_the_time_budget():
+    """make bench-quick must stay under 20 minutes including the boot: the plan's own
+    estimate (seconds per step, from the runtime of each fio run) leaves room for it."""
+    mode = runner.MODES["quick"]
+    r = runner.Runner(mode, Path("/nonexistent"), ctl=object(), argv=["cblb", "bench"])
+    steps = r.plan()
+    total = sum(s.weight for s in steps)
+    assert total < 16 * 60, total
+    assert mode.runtime >= 5
+    assert {s.device for s in steps} == {"ram", "ssd"}
+    labels = " ".join(s.label for s in steps)
+    assert "[ssd] compare rep 3/3" in labels and "[ram] compare rep 3/3" in labels
+    assert labels.count("write hook cost") == 2 * mode.tracer_pairs
 
 
 def test_consistency_check_catches_a_tampered_ratio():
@@ -169,10 +277,14 @@ def test_parse_fio_json():
     assert r.write_mean_us == 900
 
 
-def test_workload_args_repeat_the_same_blocks():
+def test_workload_args_first_pass_and_time_based_runs():
     a = WORKLOADS["rand4k"].args("/dev/x", 8 << 20, io_size=4096 * 10, runtime=5)
     assert "--randrepeat=1" in a and "--randseed=7" in a and "--direct=1" in a
+    # a first pass: the runtime is a cap, each block written at most once
     assert "--io_size=40960" in a and "--runtime=5" in a and "--rw=randwrite" in a
+    assert "--time_based=1" not in a
+    b = WORKLOADS["seq1m"].args("/dev/x", 8 << 20, runtime=5, time_based=True)
+    assert "--time_based=1" in b and "--runtime=5" in b
 
 
 def test_cli_registers_bench_and_report_only(tmp_path: Path, capsys):
@@ -193,4 +305,20 @@ def test_report_comes_from_the_template_and_escapes(tmp_path: Path):
     assert "<script>alert(1)" not in html and "&lt;script&gt;alert(1)&lt;/script&gt; &amp; more" in html
     assert "RAM &lt;b&gt;disk&lt;/b&gt;" in html
     assert html.startswith("<!doctype html>") and html.rstrip().endswith("</html>")
-    assert "<h2>Notes</h2>" in html and "<span class=ok>yes</span>" in html
+    assert "<h2>Notes</h2>" in html and "<span class=ok>met</span>" in html
+
+
+def test_report_shows_both_devices_targets_and_the_physical_limit(tmp_path: Path):
+    res = synthetic()
+    res["runs"] = [r for r in res["runs"] if not (
+        r["experiment"] == "compare" and r["device"] == "ssd" and r["target"] == "cblb"
+        and r["workload"] == "rand4k" and r["phase"] == "first")]
+    html = report.render(res, tmp_path).read_text()
+    assert "RAM (loop over tmpfs)" in html and "SSD-like (null_blk" in html
+    assert "min..max over the repetitions" in html
+    assert "<span class=no>missed</span>" in html or "not measured" in html
+    assert "not measured" in html   # the ssd rand4k first targets lost their runs
+    assert "Proof of the copies" in html and "16400/200" in html
+    assert "Every measured run did." in html
+    assert "physical limit" in html
+
