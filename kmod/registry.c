@@ -137,29 +137,13 @@ static struct cblb_snapshot *overlapping(struct cblb_snapshot *s)
 }
 
 /*
- * Another snapshot whose origin s's catalog lies on (or on a device built on it): the
- * store's raw writes would pass that snapshot's copy-on-write, or the two COW workers
- * would wait on each other. Caller holds cblb_registry_lock; s's store is initialised.
+ * Catalogs and origins that must not meet: the first other snapshot o such that s's
+ * catalog lies on o's origin (catalog_of_s), or o's catalog lies on s's origin (!catalog_of_s),
+ * directly or through a device built on it. The store's raw writes would pass the other
+ * snapshot's copy-on-write, or the two COW workers would wait on each other. A walk that
+ * cannot tell counts as a meeting. Caller holds cblb_registry_lock.
  */
-static struct cblb_snapshot *catalog_on_other_origin(struct cblb_snapshot *s)
-{
-	char top[BDEVNAME_SIZE];
-	int i;
-
-	lockdep_assert_held(&cblb_registry_lock);
-	if (!s->store.home)
-		return NULL;
-	for (i = 0; i < cblb_total; i++) {
-		struct cblb_snapshot *o = slots[i];
-
-		if (o && o != s && cblb_stack_reaches_origin(o, s->store.home, top, sizeof(top)))
-			return o;
-	}
-	return NULL;
-}
-
-/* A started snapshot whose catalog lies on (or is built on) s's origin. */
-static struct cblb_snapshot *origin_holds_catalog(struct cblb_snapshot *s)
+static struct cblb_snapshot *catalog_meets_origin(struct cblb_snapshot *s, bool catalog_of_s)
 {
 	char top[BDEVNAME_SIZE];
 	int i;
@@ -167,8 +151,13 @@ static struct cblb_snapshot *origin_holds_catalog(struct cblb_snapshot *s)
 	lockdep_assert_held(&cblb_registry_lock);
 	for (i = 0; i < cblb_total; i++) {
 		struct cblb_snapshot *o = slots[i];
+		struct cblb_snapshot *origin = catalog_of_s ? o : s;
+		struct block_device *home;
 
-		if (o && o->store.home && cblb_stack_reaches_origin(s, o->store.home, top, sizeof(top)))
+		if (!o || o == s)
+			continue;
+		home = catalog_of_s ? s->store.home : o->store.home;
+		if (home && cblb_stack_reaches_origin(origin, home, top, sizeof(top)))
 			return o;
 	}
 	return NULL;
@@ -257,7 +246,7 @@ int cblb_cmd_create(const char *name, const char *origin)
 		err = -EBUSY;
 		goto fail_origin;
 	}
-	other = origin_holds_catalog(s);
+	other = catalog_meets_origin(s, false);
 	if (other) {
 		pr_notice_ratelimited("create %s: %s holds the catalog %s of snapshot %s (or one built on it); remove %s first\n",
 				      name, origin, other->store.catalog_name, other->name, other->name);
@@ -316,7 +305,7 @@ int cblb_cmd_start(const char *name, const char *catalog, u64 file_blocks, u32 m
 		pr_notice_ratelimited("start %s: catalog %s unusable (%d)\n", name, catalog, err);
 		goto out_unlock;
 	}
-	other = catalog_on_other_origin(s);
+	other = catalog_meets_origin(s, true);
 	if (other) {
 		pr_notice_ratelimited("start %s: catalog %s is on the origin %s of snapshot %s (or on a device built on it); put the catalog on another device\n",
 				      name, catalog, other->origin_path, other->name);

@@ -178,33 +178,27 @@ static ssize_t snap_store_extents_show(struct kobject *kobj, struct kobj_attribu
 	return n;
 }
 
-static ssize_t snap_catalog_show(struct kobject *kobj, struct kobj_attribute *attr, char *buf)
-{
-	struct cblb_snapshot *s = to_snap(kobj);
-	ssize_t n;
+/* Like SNAP_ATTR, for values that look into the store: under store_mutex. */
+#define SNAP_STORE_ATTR(_name, _fmt, ...)					\
+static ssize_t snap_##_name##_show(struct kobject *kobj,			\
+				   struct kobj_attribute *attr, char *buf)	\
+{										\
+	struct cblb_snapshot *s = to_snap(kobj);				\
+	ssize_t n;								\
+										\
+	mutex_lock(&s->store_mutex);						\
+	n = sysfs_emit(buf, _fmt "\n", __VA_ARGS__);				\
+	mutex_unlock(&s->store_mutex);						\
+	return n;								\
+}										\
+static struct kobj_attribute snap_##_name##_attr =				\
+	__ATTR(_name, 0444, snap_##_name##_show, NULL)
 
-	mutex_lock(&s->store_mutex);
-	n = sysfs_emit(buf, "%s\n", s->store.catalog_name ? s->store.catalog_name : "");
-	mutex_unlock(&s->store_mutex);
-	return n;
-}
-static struct kobj_attribute snap_catalog_attr = __ATTR(catalog, 0444, snap_catalog_show, NULL);
-
-static ssize_t snap_files_used_show(struct kobject *kobj, struct kobj_attribute *attr,
-				    char *buf)
-{
-	struct cblb_snapshot *s = to_snap(kobj);
-	ssize_t n;
-
-	mutex_lock(&s->store_mutex);
-	n = sysfs_emit(buf, "%u\n", s->store.files ? cblb_store_files(&s->store) : 0);
-	mutex_unlock(&s->store_mutex);
-	return n;
-}
-static struct kobj_attribute snap_files_used_attr =
-	__ATTR(files_used, 0444, snap_files_used_show, NULL);
 static struct kobj_attribute snap_store_extents_attr =
 	__ATTR(store_extents, 0444, snap_store_extents_show, NULL);
+
+SNAP_STORE_ATTR(catalog, "%s", s->store.catalog_name ? s->store.catalog_name : "");
+SNAP_STORE_ATTR(files_used, "%u", s->store.files ? cblb_store_files(&s->store) : 0);
 
 static struct attribute *snap_attrs[] = {
 	&snap_state_attr.attr, &snap_origin_attr.attr, &snap_origin_dev_attr.attr,
