@@ -153,10 +153,13 @@ class DeviceSet:
                 "origin_bytes": self.origin.size, "cow": self.cow.device,
                 "catalog": self.catalog.loop.device, **self.params}
 
-    def after_target(self) -> None:
-        """Between targets: the COW device and the catalog's free space back to zero pages."""
-        discard(self.cow.device)
-        self.catalog.trim()
+    def after_target(self, kind: str = "") -> None:
+        """Between targets: dm-snapshot's COW device, or the catalog's free space (cblb's
+        temp files, deleted by remove), back to zero pages; both when ``kind`` is empty."""
+        if kind in ("", "dm"):
+            discard(self.cow.device)
+        if kind in ("", "cblb"):
+            self.catalog.trim()
 
     def teardown(self) -> None:
         self.catalog.teardown()

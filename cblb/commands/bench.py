@@ -107,7 +107,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "  cblb bench --report-only lab-out/bench-quick   # re-render on the host",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
-                   help="3 repetitions of 5 s runs on RAM and an SSD-like null_blk, fewer sweep "
+                   help="2 repetitions of 5 s runs on RAM and an SSD-like null_blk, fewer sweep "
                    "points (<20 min in the lab)")
     p.add_argument("--tiny", action="store_true",
                    help="smallest run that exercises every experiment (a few minutes; tests)")

@@ -211,11 +211,11 @@ def test_quick_plan_fits_the_time_budget():
     r = runner.Runner(mode, Path("/nonexistent"), ctl=object(), argv=["cblb", "bench"])
     steps = r.plan()
     total = sum(s.weight for s in steps)
-    assert total < 16 * 60, total
-    assert mode.runtime >= 5
+    assert total < 17 * 60, total
+    assert mode.runtime >= 5 and mode.reps >= 2 and mode.snapread_reps >= 2
     assert {s.device for s in steps} == {"ram", "ssd"}
     labels = " ".join(s.label for s in steps)
-    assert "[ssd] compare rep 3/3" in labels and "[ram] compare rep 3/3" in labels
+    assert "[ssd] compare rep 2/2" in labels and "[ram] compare rep 2/2" in labels
     assert labels.count("write hook cost") == 2 * mode.tracer_pairs
 
 
