@@ -225,7 +225,7 @@ def test_catalog_on_origin_keeps_deleted_file(cblb_module: Controller, mount_dir
         sh("sync")
         sh(f"fstrim {fs.mnt}", check=False)                        # discards are dropped
         sh(f"dd if=/dev/urandom of={fs.mnt}/fill bs=1M status=none; sync", check=False)
-        assert free_mib(fs.mnt) < 2, "the filesystem should be full"
+        assert free_mib(fs.mnt) < 8, "the filesystem should be full (ext4 keeps 4 MiB back)"
         bs = fs_block_size(early)
         with open(fs.device, "rb") as dev:
             reused = 0
