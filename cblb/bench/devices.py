@@ -40,10 +40,12 @@ from pathlib import Path
 from ..errors import CblbError
 
 WORKDIR = Path("/tmp/cblb-bench")
+MiB_ = 1 << 20
 SSD_LATENCY_NS = 100_000       # completion latency of the ssd set (a SATA SSD: ~100 us)
 SSD_MBPS = 500                 # bandwidth cap of each ssd device, MiB/s
 FIRST_WRITE_LIMIT = 0.5        # first writes on a bandwidth-bound origin: read old + write new
-NULLB_GB = 2                   # size of each null_blk device (sparse: pages on first write)
+NULLB_GB = 1                   # size of each null_blk device (sparse: pages on first write)
+DISCARD_MAX_BYTES = 4 << 20    # largest discard request on the ssd set (< one throttle tick)
 DEVICE_LABEL = {"ram": "RAM (loop over tmpfs)",
                 "ssd": f"SSD-like (null_blk, {SSD_LATENCY_NS // 1000} us, {SSD_MBPS} MiB/s)"}
 
@@ -90,9 +92,13 @@ class Disk:
         pass
 
 
-def discard(device: str) -> None:
-    """Give a scratch device's pages back (and read zeros from it afterwards)."""
-    sh(["blkdiscard", device], check=False, timeout=120)
+def discard(device: str, length: int = 0) -> None:
+    """Give the first ``length`` bytes (0: all) of a scratch device's pages back (and read
+    zeros there afterwards). null_blk discards sector by sector: only what was written."""
+    cmd = ["blkdiscard"]
+    if length:
+        cmd += ["-l", str(-(-length // MiB_) * MiB_)]
+    sh(cmd + [device], check=False, timeout=300)
 
 
 @dataclass
@@ -127,7 +133,7 @@ def make_catalog(size: int = 0, dev: Loop | Disk | None = None) -> Catalog:
     no lazy init: mkfs writes little, and no background thread writes during the runs."""
     loop = dev or make_loop(size, "catalog", sparse=True)
     sh(["mkfs.ext4", "-q", "-F", "-N", "4096", "-E",
-        "lazy_itable_init=0,lazy_journal_init=0", loop.device], timeout=300)
+        "lazy_itable_init=0,lazy_journal_init=0,nodiscard", loop.device], timeout=300)
     mnt = WORKDIR / f"cat-{uuid.uuid4().hex[:6]}"
     mnt.mkdir(parents=True)
     sh(["mount", loop.device, str(mnt)])
@@ -153,11 +159,12 @@ class DeviceSet:
                 "origin_bytes": self.origin.size, "cow": self.cow.device,
                 "catalog": self.catalog.loop.device, **self.params}
 
-    def after_target(self, kind: str = "") -> None:
-        """Between targets: dm-snapshot's COW device, or the catalog's free space (cblb's
-        temp files, deleted by remove), back to zero pages; both when ``kind`` is empty."""
+    def after_target(self, kind: str = "", cow_used: int = 0) -> None:
+        """Between targets: dm-snapshot's COW device (its first ``cow_used`` bytes, 0: all),
+        or the catalog's free space (cblb's temp files, deleted by remove), back to zero
+        pages; both when ``kind`` is empty."""
         if kind in ("", "dm"):
-            discard(self.cow.device)
+            discard(self.cow.device, cow_used)
         if kind in ("", "cblb"):
             self.catalog.trim()
 
@@ -202,6 +209,12 @@ def make_ssd_set(fill: int) -> DeviceSet:
         time.sleep(0.1)
     else:
         raise CblbError("bench: null_blk loaded but /dev/nullb0..2 did not appear")
+    # null_blk's throttle grants each device mbps / 50 bytes per 20 ms tick and requeues a
+    # request that does not fit until it does, so a request larger than one tick's share
+    # (a whole-device discard from mkfs, blkdiscard or fstrim) never completes: cap them.
+    cap = str(DISCARD_MAX_BYTES)
+    for d in devs:
+        Path(f"/sys/block/{Path(d).name}/queue/discard_max_bytes").write_text(cap)
     size = NULLB_GB << 30
     sh(["dd", "if=/dev/zero", f"of={devs[0]}", "bs=1M", f"count={fill >> 20}", "oflag=direct",
         "status=none"], timeout=600)

@@ -353,14 +353,19 @@ class Runner:
     def target_close(self, handle: Any) -> None:
         if not handle:
             return
+        used = 0
         try:
             if handle[0] == "cblb":
                 self.ctl.remove(SNAP)
             else:
+                # the store's used sectors (data and metadata, from the start): all a
+                # discard has to give back
+                sectors = dv.parse_dm_status(handle[1].status())[0]
+                used = sectors * 512 + MiB if sectors else 0   # unreadable: all
                 handle[1].remove()
         finally:
             if self.dev:
-                self.dev.after_target(handle[0])
+                self.dev.after_target(handle[0], used)
 
     def cow_state(self, handle: Any) -> dict[str, Any]:
         if not handle:
