@@ -35,8 +35,14 @@ N_WRITES = 2000
 
 
 def fio_write(target: str, n: int, rw: str = "write") -> dict:
+    """n 4 KiB O_DIRECT writes, one at a time. udev probes a device that was open for
+    writing once it is closed; those reads could share a sector with the next phase's
+    writes, which the tracer (keyed by device and sector) cannot tell apart: wait for
+    them before and after."""
+    sh("udevadm settle 2>/dev/null || true")
     out = sh(f"fio --name=cnt --filename={target} --rw={rw} --bs=4k --direct=1 "
              f"--ioengine=psync --iodepth=1 --size={n * 4}k --output-format=json")
+    sh("udevadm settle 2>/dev/null || true")
     return parse_fio(out)
 
 
