@@ -273,12 +273,13 @@ void cblb_cow_endio(struct bio *bio);
 void cblb_reads_init(struct cblb_snapshot *s);
 void cblb_reads_begin(struct cblb_snapshot *s, struct cblb_read_range *r, u64 first, u64 last);
 void cblb_reads_forget(struct cblb_snapshot *s, struct cblb_read_range *r);
-void cblb_reads_end(struct cblb_snapshot *s, struct cblb_read_range *r);
+void cblb_reads_end(struct cblb_snapshot *s);
 bool cblb_reads_overlap(struct cblb_snapshot *s, u64 first, u64 last);
 void cblb_reads_wait(struct cblb_snapshot *s, u64 first, u64 last);
 void cblb_reads_close(struct cblb_snapshot *s);
 
 /* stack.c */
+bool cblb_bdev_overlaps_origin(struct cblb_snapshot *s, struct block_device *bdev);
 int cblb_stack_reaches_origin(struct cblb_snapshot *s, struct block_device *bdev,
 			      char *top, size_t top_size);
 

@@ -49,38 +49,30 @@ static int cmp_u64(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
-/* The staged flight holding chunk, or NULL. Caller holds read_lock. */
-static struct cblb_flight *flight_of(struct cblb_snapshot *s, u64 chunk)
-{
-	struct cblb_flight *f;
-
-	lockdep_assert_held(&s->read_lock);
-	list_for_each_entry(f, &s->flights, node)
-		if (chunk >= f->chunks[0] && chunk <= f->chunks[f->n - 1] &&
-		    bsearch(&chunk, f->chunks, f->n, sizeof(u64), cmp_u64))
-			return f;
-	return NULL;
-}
-
 /*
  * The page staging chunk's old data, or NULL when the chunk is not staged. Caller holds
  * read_lock, which keeps the page valid (a flight leaves the list under it).
  */
 struct page *cblb_cow_staged(struct cblb_snapshot *s, u64 chunk)
 {
-	struct cblb_flight *f = flight_of(s, chunk);
+	struct cblb_flight *f;
 	u64 *p;
 
-	if (!f)
-		return NULL;
-	p = bsearch(&chunk, f->chunks, f->n, sizeof(u64), cmp_u64);
-	return f->pages[p - f->chunks];
+	lockdep_assert_held(&s->read_lock);
+	list_for_each_entry(f, &s->flights, node) {
+		if (chunk < f->chunks[0] || chunk > f->chunks[f->n - 1])
+			continue;
+		p = bsearch(&chunk, f->chunks, f->n, sizeof(u64), cmp_u64);
+		if (p)
+			return f->pages[p - f->chunks];
+	}
+	return NULL;
 }
 
 /* Copied or being copied. Caller holds read_lock. */
 static bool chunk_taken_locked(struct cblb_snapshot *s, u64 chunk)
 {
-	return cblb_index_get(s, chunk) || flight_of(s, chunk);
+	return cblb_index_get(s, chunk) || cblb_cow_staged(s, chunk);
 }
 
 static bool chunk_taken(struct cblb_snapshot *s, u64 chunk)

@@ -61,13 +61,11 @@ void cblb_reads_forget(struct cblb_snapshot *s, struct cblb_read_range *r)
  * path does with s: remove may free s once it has seen nr_clones reach zero and taken
  * read_lock (cblb_reads_close), so the drop and the wake happen under read_lock.
  */
-void cblb_reads_end(struct cblb_snapshot *s, struct cblb_read_range *r)
+void cblb_reads_end(struct cblb_snapshot *s)
 {
 	unsigned long flags;
 
 	spin_lock_irqsave(&s->read_lock, flags);
-	if (r)
-		list_del(&r->node);
 	atomic_dec(&s->nr_clones);
 	if (wq_has_sleeper(&s->read_wq))
 		wake_up_all(&s->read_wq);

@@ -82,7 +82,7 @@ static void snap_clone_endio(struct bio *bio)
 		cblb_reads_forget(s, range);	/* before the clone (and range) is freed */
 	bio_put(bio);
 	snap_piece_done(parent, status);
-	cblb_reads_end(s, NULL);
+	cblb_reads_end(s);
 }
 
 static void snap_file_read_fn(struct work_struct *work)
@@ -105,7 +105,7 @@ static void snap_file_read_fn(struct work_struct *work)
 	}
 	snap_piece_done(fr->parent, err ? BLK_STS_IOERR : BLK_STS_OK);
 	kfree(fr);
-	cblb_reads_end(s, NULL);
+	cblb_reads_end(s);
 }
 
 /* FILE backend: read a copied chunk's piece through the temp file, in a worker. */
@@ -119,7 +119,7 @@ static void snap_queue_file_read(struct cblb_snapshot *s, struct bio *parent,
 	if (!fr) {
 		bio_advance_iter(parent, iter, bytes);
 		snap_piece_done(parent, BLK_STS_RESOURCE);
-		cblb_reads_end(s, NULL);
+		cblb_reads_end(s);
 		return;
 	}
 	INIT_WORK(&fr->work, snap_file_read_fn);

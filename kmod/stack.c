@@ -166,7 +166,9 @@ out:
 	return res;
 }
 
-static bool overlaps_origin(struct cblb_snapshot *s, struct block_device *bdev)
+/* Does bdev share sectors with the origin of s (the origin itself, its disk, a neighbour
+ * partition that overlaps it)? */
+bool cblb_bdev_overlaps_origin(struct cblb_snapshot *s, struct block_device *bdev)
 {
 	sector_t start = bdev->bd_start_sect, end = start + bdev_nr_sectors(bdev);
 
@@ -186,7 +188,7 @@ static int walk_dev(struct stack_walk *w, dev_t dev, unsigned int depth)
 		return WALK_UNKNOWN;
 	if (!w->culprit[0])
 		snprintf(w->culprit, sizeof(w->culprit), "%pg", h.bdev);
-	res = overlaps_origin(w->snap, h.bdev) ? WALK_HIT : WALK_NO;
+	res = cblb_bdev_overlaps_origin(w->snap, h.bdev) ? WALK_HIT : WALK_NO;
 	strscpy(disk, h.bdev->bd_disk->disk_name, sizeof(disk));
 	cblb_bdev_close(&h);
 	if (res == WALK_NO)

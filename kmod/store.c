@@ -554,14 +554,6 @@ static bool sb_is_direct(struct super_block *sb)
 	return sb->s_bdev && (sb->s_magic == EXT4_SUPER_MAGIC || sb->s_magic == XFS_SUPER_MAGIC);
 }
 
-static bool bdev_overlaps_origin(struct cblb_snapshot *s, struct block_device *bdev)
-{
-	sector_t start = bdev->bd_start_sect, end = start + bdev_nr_sectors(bdev);
-
-	return bdev->bd_disk == s->origin_disk && start < s->origin_start + s->origin_sectors &&
-	       end > s->origin_start;
-}
-
 /* Refuse a catalog device built on the origin, or one the walk cannot see through. */
 static int store_check_stack(struct cblb_store *st, struct block_device *bdev)
 {
@@ -587,7 +579,7 @@ static int store_check_file_backing(struct cblb_store *st)
 	st->home = real ? real->i_sb->s_bdev : NULL;
 	if (!st->home)
 		return 0;
-	if (bdev_overlaps_origin(s, st->home)) {
+	if (cblb_bdev_overlaps_origin(s, st->home)) {
 		pr_notice_ratelimited("start %s: catalog %s is on the origin's filesystem, which is not ext4 or xfs; only those can hold their own catalog\n",
 				      s->name, st->catalog_name);
 		return -EOPNOTSUPP;
@@ -608,7 +600,7 @@ static int store_check_direct(struct cblb_store *st)
 				      bdev_logical_block_size(st->bdev), s->origin_lbs);
 		return -EOPNOTSUPP;
 	}
-	st->on_origin = bdev_overlaps_origin(s, st->bdev);
+	st->on_origin = cblb_bdev_overlaps_origin(s, st->bdev);
 	if (st->on_origin) {
 		if (st->bdev->bd_start_sect != s->origin_start) {
 			pr_notice_ratelimited("start %s: catalog %s is on %pg, which overlaps the origin %s without being it\n",
