@@ -122,6 +122,16 @@ def make_loop(size_mb: int, tag: str) -> LoopDev:
     return LoopDev(img, dev)
 
 
+def make_partitioned_loop(size_mb: int, tag: str) -> tuple[LoopDev, str, str]:
+    """A loop device of size_mb with two 40 MiB DOS partitions: (disk, part1, part2)."""
+    img = Path(f"/tmp/cblb-{tag}-{uuid.uuid4().hex[:8]}.img")
+    sh(f"truncate -s {size_mb}M {img}")
+    sh(f"printf 'label: dos\\n,40M\\n,40M\\n' | sfdisk -q {img}")
+    lp = LoopDev(img, sh(f"losetup -f --show -P {img}").strip())
+    sh("udevadm settle 2>/dev/null || sleep 1")
+    return lp, f"{lp.device}p1", f"{lp.device}p2"
+
+
 @dataclass
 class ScratchFs:
     """An origin with a mounted filesystem, and a separate ext4 for catalogs."""

@@ -26,6 +26,7 @@ from conftest import (
     cleanup_snapshots,
     klog_lines,
     make_loop,
+    make_partitioned_loop,
     sh,
     teardown_scratch,
 )
@@ -375,13 +376,8 @@ def test_catalog_on_dm_over_origin_is_refused(cblb_module: Controller) -> None:
 def test_disk_and_partition_are_refused_together(cblb_module: Controller) -> None:
     """A whole disk and one of its partitions cannot both have a snapshot: one write would
     need copying for both. The second create fails with EBUSY and says why."""
-    img = Path(f"/tmp/dp-{uuid.uuid4().hex[:6]}.img")
-    sh(f"truncate -s 96M {img}")
-    sh(f"printf 'label: dos\\n,40M\\n,40M\\n' | sfdisk -q {img}")
-    lp = LoopDev(img, sh(f"losetup -f --show -P {img}").strip())
+    lp, p1, p2 = make_partitioned_loop(96, "dp")
     try:
-        sh("udevadm settle 2>/dev/null || sleep 1")
-        p1, p2 = f"{lp.device}p1", f"{lp.device}p2"
         assert write_cmd(f"create part1 {p1} begin end") == 0
         mark = len(klog_lines())
         assert write_cmd(f"create whole {lp.device} begin end") == errno.EBUSY

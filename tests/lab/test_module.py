@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 from blocks import FioLoad, differing_blocks, fill_files, tree_checksums
 from conftest import (
-    LoopDev,
     ScratchFs,
     build_scratch,
     cleanup_snapshots,
     make_loop,
+    make_partitioned_loop,
     sh,
     teardown_scratch,
 )
@@ -284,13 +284,8 @@ def test_several_snapshots_at_once(cblb_module: Controller, mount_dir: Path) -> 
 def test_partition_of_a_disk(cblb_module: Controller) -> None:
     """A partition (not a whole device): writes to its neighbour are not copied, writes to
     it are, and the snapshot equals the partition at start."""
-    img = Path(f"/tmp/parts-{uuid.uuid4().hex[:6]}.img")
-    sh(f"truncate -s 128M {img}")
-    sh(f"printf 'label: dos\\n,40M\\n,40M\\n' | sfdisk -q {img}")
-    lp = LoopDev(img, sh(f"losetup -f --show -P {img}").strip())
+    lp, p1, p2 = make_partitioned_loop(128, "parts")
     try:
-        sh("udevadm settle 2>/dev/null || sleep 1")
-        p1, p2 = f"{lp.device}p1", f"{lp.device}p2"
         sh(f"dd if=/dev/urandom of={p2} bs=1M count=40 status=none")
         oracle = Path("/tmp/part-oracle.img")
         sh(f"dd if={p2} of={oracle} bs=1M status=none")
