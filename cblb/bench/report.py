@@ -241,6 +241,12 @@ def _f(v: Any) -> str:
     return str(v)
 
 
+def _bar(label: str, values: list[float]) -> tuple[str, dict[str, float]]:
+    """One bar of fig_simple_bars: the median of values, with their min..max."""
+    st = an.stats(values)
+    return label, {"value": st["median"], "lo": st["min"], "hi": st["max"]}
+
+
 def _ratio_rows(ratios: list[dict[str, Any]], prefix: str) -> list[dict[str, Any]]:
     return [r for r in ratios if r["name"].startswith(prefix)]
 
@@ -395,9 +401,7 @@ def render(results: dict[str, Any], out: Path) -> Path:
                 v = an.values(runs, {"experiment": "compare", "device": d, "target": t,
                                      "workload": wl, "phase": "first"}, "cow_per_byte")
                 if v:
-                    st = an.stats(v)
-                    cowrows.append((f"{d} {wl}\n{t}", {"value": st["median"], "lo": st["min"],
-                                                        "hi": st["max"]}))
+                    cowrows.append(_bar(f"{d} {wl}\n{t}", v))
     figs.append(_figure("COW bytes per byte written (first-touch pass)",
                         fig_simple_bars(results, out, "cow_per_byte.png",
                                         "Bytes copied to the COW store per byte written "
@@ -419,9 +423,7 @@ def render(results: dict[str, Any], out: Path) -> Path:
             v = an.values(runs, {"experiment": "compare", "target": "cblb", "workload": wl,
                                  "phase": "first"}, metric)
             if v:
-                st = an.stats(v)
-                idx.append((f"{wl}\n{label}", {"value": st["median"], "lo": st["min"],
-                                                "hi": st["max"]}))
+                idx.append(_bar(f"{wl}\n{label}", v))
     figs.append(_figure("Kernel memory of the index per copied chunk",
                         fig_simple_bars(results, out, "index_memory.png",
                                         "Index memory per copied 4 KiB chunk (bytes)",
