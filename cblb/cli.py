@@ -25,7 +25,11 @@ EPILOG = """examples:
   cblb snapshot /dev/sda2 --mount /mnt/snap     # create + start + mount, sensible defaults
   cblb start shadow-sda2 /var/tmp 64M 16        # temp files of 64 MiB (bare numbers: blocks)
   cblb backup shadow-sda2 /backup/sda2.img      # copy with progress, writes a manifest
+  cblb backup shadow-sda2 /backup/sda2.1.img --since /backup/sda2.img   # changed blocks only
+  cblb restore /backup/sda2.1.img /restore/sda2.img   # the chain, every block verified
   cblb release /mnt/snap                        # umount + remove
+  cblb snapshot /dev/sdb1 /dev/sdc1 --mount /mnt/db   # one point in time for both (a set)
+  cblb release /mnt/db                          # every member of the set
   cblb list --json
 """
 

@@ -4,7 +4,11 @@ It wraps these kernel interfaces (see kmod/doc/INTERFACE.md):
 
 - ``insmod`` / ``rmmod`` of ``cblb_module.ko`` and ``/sys/module/cblb_module/parameters/total``
 - ``/sys/kernel/cblb/cmd``: the seed's ``create``, ``start`` and ``remove`` commands
-- ``/sys/kernel/cblb/<dev>/*``: one value per file, read into :class:`Snapshot`
+- ``/sys/kernel/cblb/<dev>/*``: one value per file, read into :class:`Snapshot`; its
+  binary ``cbt_map`` (the blocks changed since the origin's previous start) through
+  :meth:`Controller.changed_blocks`
+- ``/sys/kernel/cblb/tracking/<disk>/*``: each origin whose changed blocks the module tracks,
+  read into :class:`Tracking`; ``track`` / ``untrack`` (kmod/doc/CBT.md)
 - ``/dev/<dev>``: the read-only snapshot device, mounted ``ro,nosuid,nodev,noexec`` (plus
   ``noload`` for ext3/4, ``norecovery`` for xfs); ``noexec`` only when not asked otherwise
 
@@ -30,7 +34,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple, Sequence
 
 from .errors import CblbError
 
@@ -41,6 +45,7 @@ CHUNK_SIZE = 4096
 SECTOR = 512
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,30}$")
 MAX_FILES = 4096
+SET_MAX = 16                 # members of one startset (CBLB_SET_MAX)
 MIN_FILE_SIZE = 8
 MAX_FILE_SIZE = 2**31 - 1
 MAX_TOTAL = 255
@@ -104,9 +109,16 @@ class Snapshot:
     error: str = ""
     start_time_ns: int = 0
     start_latency_us: int = 0
+    frozen_us: int = 0          # first freeze to last thaw of its start (a set's: all)
     freeze: str = ""
+    set_name: str = ""          # the set it was started with (startset), "" if alone
     index_bytes: int = 0
     store_extents: list[tuple[int, int]] = field(default_factory=list)
+    # Changed-block tracking of this start (kmod/doc/CBT.md); "" and 0 before start.
+    cbt_generation: str = ""    # the origin's generation (UUID) at this start
+    cbt_sequence: int = 0       # this start's number in that generation: 1, 2, ...
+    cbt_block_size: int = 0     # bytes per bit of cbt_map
+    cbt_changed_blocks: int = 0  # bits set in cbt_map
     mountpoint: str = ""
 
     @property
@@ -160,6 +172,11 @@ class Snapshot:
             raise ValueError(f"unknown action {action!r}")
 
     @property
+    def has_cbt(self) -> bool:
+        """This start froze a map of the blocks changed since the origin's previous start."""
+        return bool(self.cbt_generation) and self.cbt_sequence > 0 and self.cbt_block_size > 0
+
+    @property
     def store_bytes(self) -> int:
         """Bytes the temp files can hold in all."""
         return self.store_capacity * self.chunk_size
@@ -176,12 +193,54 @@ class Snapshot:
         return d
 
 
+NULL_UUID = "00000000-0000-0000-0000-000000000000"   # a snapshot's generation before start
+
+
+@dataclass
+class Tracking:
+    """One origin whose changed blocks the module tracks, as it reports it in
+    /sys/kernel/cblb/tracking/<disk>/ (kmod/doc/CBT.md)."""
+
+    disk: str                   # the folder's name: the kernel's name of the origin (sda2)
+    dev: str = ""               # major:minor
+    generation: str = ""        # UUID; new whenever continuity was lost
+    sequence: int = 0           # of the last start (0 before the first)
+    block_size: int = 0         # bytes per map bit
+    size_sectors: int = 0
+    changed_blocks: int = 0     # written since the last start
+    memory_bytes: int = 0       # the two maps
+
+    @property
+    def size(self) -> int:
+        return self.size_sectors * SECTOR
+
+    @property
+    def changed_bytes(self) -> int:
+        """Bytes written since the last start, in whole map blocks (at most the size)."""
+        return min(self.changed_blocks * self.block_size, self.size)
+
+    @property
+    def short_generation(self) -> str:
+        return self.generation[:8]
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["size"] = self.size
+        d["changed_bytes"] = self.changed_bytes
+        return d
+
+
 @dataclass
 class ModuleStatus:
     loaded: bool
     total: int = 0
     version: str = ""
     snapshots: list[Snapshot] = field(default_factory=list)
+    tracking: list[Tracking] = field(default_factory=list)
+
+    def tracking_of(self, snap: Snapshot) -> Tracking | None:
+        """The tracked origin of ``snap``, if any."""
+        return next((t for t in self.tracking if t.dev == snap.origin_dev), None)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -189,21 +248,36 @@ class ModuleStatus:
             "total": self.total,
             "version": self.version,
             "snapshots": [s.to_json() for s in self.snapshots],
+            "tracking": [t.to_json() for t in self.tracking],
         }
 
 
 _INT_FIELDS = (
     "file_size", "max_files", "files_used", "chunk_size", "cow_chunks", "cow_bytes",
-    "store_capacity", "start_time_ns", "start_latency_us", "index_bytes",
+    "store_capacity", "start_time_ns", "start_latency_us", "frozen_us", "index_bytes",
+    "cbt_sequence", "cbt_block_size", "cbt_changed_blocks",
 )
-_STR_FIELDS = ("origin", "origin_dev", "catalog", "error", "freeze")
+_STR_FIELDS = ("origin", "origin_dev", "catalog", "error", "freeze", "cbt_generation")
+_TRACKING_INT_FIELDS = ("sequence", "block_size", "size_sectors", "changed_blocks",
+                        "memory_bytes")
+MAP_READ = 1 << 20           # bytes per pread of a cbt_map
 
 
-def validate_name(name: str) -> None:
-    """A snapshot name becomes /dev/<name>: letters, digits, '.', '_' and '-', 1..31 chars."""
+class SetMember(NamedTuple):
+    """One member of a snapshot set: the words of the seed's start command."""
+
+    name: str
+    catalog: str
+    file_size: int
+    max_files: int
+
+
+def validate_name(name: str, what: str = "snapshot") -> None:
+    """A snapshot name becomes /dev/<name>: letters, digits, '.', '_' and '-', 1..31 chars.
+    Set names follow the same rule."""
     if not NAME_RE.fullmatch(name):
         raise CblbError(
-            f"invalid snapshot name {name!r}: use 1-31 letters, digits, '.', '_' or '-', "
+            f"invalid {what} name {name!r}: use 1-31 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit (example: shadow-sda2)", E.EINVAL)
 
 
@@ -310,9 +384,19 @@ class System:
     def stat(self, path: str) -> os.stat_result:
         return os.stat(path)
 
+    def device_size(self, path: str) -> int:
+        """Size in bytes of a block device (an origin, to plan its store)."""
+        return block_device_size(path)
+
     def resolve(self, path: str) -> str:
         """The path with every symbolic link resolved (the device node, the real folder)."""
         return os.path.realpath(path)
+
+    def device_file(self, path: str) -> str:
+        """What to open to read the device node ``path`` (a snapshot or an origin): the node
+        itself on this machine; :class:`cblb.fake.FakeSystem` answers with the file that
+        stands in for it."""
+        return path
 
     def mounts(self) -> list[Mount]:
         with open("/proc/self/mountinfo") as f:
@@ -440,7 +524,8 @@ class Controller:
     def status(self) -> ModuleStatus:
         if not self.loaded():
             return ModuleStatus(loaded=False)
-        return ModuleStatus(True, self.total(), self.version(), self.snapshots())
+        return ModuleStatus(True, self.total(), self.version(), self.snapshots(),
+                            self.tracking())
 
     def _read(self, d: Path) -> Snapshot:
         def rd(f: str) -> str:
@@ -450,6 +535,9 @@ class Controller:
                 return ""
 
         kw: dict[str, Any] = {f: rd(f) for f in _STR_FIELDS}
+        kw["set_name"] = rd("set")
+        if kw["cbt_generation"] == NULL_UUID:
+            kw["cbt_generation"] = ""
         for f in _INT_FIELDS:
             v = rd(f)
             kw[f] = int(v) if v.lstrip("-").isdigit() else 0
@@ -464,6 +552,113 @@ class Controller:
             except OSError:
                 pass
         return snap
+
+    # ---- changed-block tracking (kmod/doc/CBT.md) --------------------------------------
+    def tracking(self) -> list[Tracking]:
+        """Every tracked origin, by disk name."""
+        top = self.root / "tracking"
+        if not self.loaded() or not top.is_dir():
+            return []
+        out = []
+        for d in sorted(top.iterdir()):
+            try:
+                out.append(self._read_tracking(d))
+            except FileNotFoundError:
+                continue  # untracked while we read
+        return out
+
+    @staticmethod
+    def _read_tracking(d: Path) -> Tracking:
+        if not (d / "generation").exists():
+            raise FileNotFoundError(d)
+        kw: dict[str, Any] = {f: (d / f).read_text().strip() for f in ("dev", "generation")}
+        for f in _TRACKING_INT_FIELDS:
+            v = (d / f).read_text().strip()
+            kw[f] = int(v) if v.isdigit() else 0
+        return Tracking(disk=d.name, **kw)
+
+    def changed_blocks(self, name: str) -> tuple[int, bytes]:
+        """(bytes per bit, map) of the blocks of ``name``'s origin written between the
+        origin's previous start and this snapshot's: bit i (byte i // 8, bit i % 8, least
+        significant first) set = block i changed. Refused before start, and when the
+        snapshot changed while its map was read."""
+        snap = self.snapshot(name)
+        if not snap.has_cbt:
+            raise CblbError(f"{name} has no changed-block map: only a started snapshot has "
+                            "one (and only from a module that tracks changes, "
+                            "kmod/doc/CBT.md)", E.ENOENT)
+        path = self.root / name / "cbt_map"
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except PermissionError:
+            raise CblbError(f"{path} is readable by root only; run as root", E.EACCES) from None
+        except FileNotFoundError:
+            raise CblbError(f"{name} has no changed-block map ({path} is missing): the "
+                            "module does not track changes; take a full backup",
+                            E.ENOENT) from None
+        parts = []
+        try:
+            off = 0
+            while chunk := os.pread(fd, MAP_READ, off):
+                parts.append(chunk)
+                off += len(chunk)
+        finally:
+            os.close(fd)
+        bitmap = b"".join(parts)
+        again = self.snapshot(name)
+        if (again.cbt_generation, again.cbt_sequence, again.start_time_ns) != \
+                (snap.cbt_generation, snap.cbt_sequence, snap.start_time_ns):
+            raise CblbError(f"{name} changed while its changed-block map was read; try again",
+                            E.EAGAIN)
+        if not bitmap:
+            raise CblbError(f"{name}'s changed-block map is empty: the start that made it "
+                            "was undone or is not finished", E.ENODATA)
+        return snap.cbt_block_size, bitmap
+
+    def _tracked(self, dev: str) -> Tracking | None:
+        return next((t for t in self.tracking() if t.dev == dev), None)
+
+    def track(self, partition: str) -> Tracking:
+        """track <partition>: begin tracking its changed blocks without a snapshot."""
+        st = check_block_device(partition, self.system.stat)
+        node = self.system.resolve(partition)
+        self.require_loaded()
+        t = self._tracked(devnum(st))
+        if t is not None:
+            raise CblbError(f"{partition} is already tracked (generation {t.short_generation}, "
+                            f"sequence {t.sequence})", E.EEXIST)
+        self._cmd(f"track {node}", {
+            E.EEXIST: f"{partition} is already tracked",
+            E.ENOENT: f"{partition}: no such block device",
+            E.ENOTBLK: f"{partition} is not a block device",
+            E.EINVAL: f"{partition} is a snapshot device; track its origin instead",
+            E.ENOMEM: f"not enough kernel memory for {partition}'s two change maps",
+            E.EPERM: "writing /sys/kernel/cblb/cmd needs CAP_SYS_ADMIN",
+        })
+        t = self._tracked(devnum(st))
+        if t is None:
+            raise CblbError(f"the module accepted 'track {node}' but shows no tracking of it",
+                            E.EIO)
+        return t
+
+    def untrack(self, partition: str) -> None:
+        """untrack <partition>: stop tracking; its next incremental backup needs a full one."""
+        st = check_block_device(partition, self.system.stat)
+        node = self.system.resolve(partition)
+        self.require_loaded()
+        if self._tracked(devnum(st)) is None:
+            raise CblbError(f"{partition} is not tracked ('cblb status' lists the tracked "
+                            "origins)", E.ENOENT)
+        snap = next((s for s in self.snapshots() if s.origin_dev == devnum(st)), None)
+        if snap is not None:
+            raise CblbError(f"{partition}: a snapshot of it exists ({snap.name}); remove it "
+                            "first", E.EBUSY)
+        self._cmd(f"untrack {node}", {
+            E.ENOENT: f"{partition} is not tracked",
+            E.ENOTBLK: f"{partition} is not a block device",
+            E.EBUSY: f"{partition}: a snapshot of it exists; remove it first",
+            E.EPERM: "writing /sys/kernel/cblb/cmd needs CAP_SYS_ADMIN",
+        })
 
     def _mountpoint_of(self, majmin: str) -> str:
         for m in self.system.mounts():
@@ -537,12 +732,11 @@ class Controller:
                             f"needs {need // 2**20} MiB; free space or choose a smaller file size",
                             E.ENOSPC)
 
-    def start(self, name: str, catalog: str, file_size: int, max_files: int) -> Snapshot:
-        """start <name> <catalog> <file size in 512-byte blocks> <max files>."""
-        snap = self.snapshot(name)
-        catalog = check_start_args(snap, catalog, file_size, max_files)
-        self.check_catalog(catalog, file_size, snap.origin_dev, max_files)
-        self._cmd(f"start {name} {catalog} {file_size} {max_files}", {
+    @staticmethod
+    def _start_refusals(name: str, catalog: str, file_size: int,
+                        max_files: int) -> dict[int, str]:
+        """What each errno of 'start' (and of a member of 'startset') means for a user."""
+        return {
             E.ENOENT: f"catalog {catalog} or snapshot {name} not found",
             E.ENOTDIR: f"catalog {catalog} is not a folder",
             E.EALREADY: f"{name} is already started",
@@ -558,8 +752,57 @@ class Controller:
                       f"max files {max_files})",
             E.EBUSY: f"{name}: the origin or catalog filesystem is frozen or busy",
             E.EPERM: "writing /sys/kernel/cblb/cmd needs CAP_SYS_ADMIN",
-        })
+        }
+
+    def start(self, name: str, catalog: str, file_size: int, max_files: int) -> Snapshot:
+        """start <name> <catalog> <file size in 512-byte blocks> <max files>."""
+        snap = self.snapshot(name)
+        catalog = check_start_args(snap, catalog, file_size, max_files)
+        self.check_catalog(catalog, file_size, snap.origin_dev, max_files)
+        self._cmd(f"start {name} {catalog} {file_size} {max_files}",
+                  self._start_refusals(name, catalog, file_size, max_files))
         return self.snapshot(name)
+
+    def start_set(self, set_name: str, members: Sequence[SetMember]) -> list[Snapshot]:
+        """startset: start created snapshots at one point in time (kmod/doc/SETS.md).
+
+        Either every member is active afterwards or none is; a refusal names the member.
+        """
+        validate_name(set_name, "set")
+        if not 1 <= len(members) <= SET_MAX:
+            raise CblbError(f"a set has 1..{SET_MAX} members, not {len(members)}", E.EINVAL)
+        names = [m.name for m in members]
+        dup = next((n for n in names if names.count(n) > 1), None)
+        if dup:
+            raise CblbError(f"set {set_name}: {dup} is named twice", E.EINVAL)
+        words, checked = [], []
+        for m in members:
+            try:
+                snap = self.snapshot(m.name)
+                catalog = check_start_args(snap, m.catalog, m.file_size, m.max_files)
+                self.check_catalog(catalog, m.file_size, snap.origin_dev, m.max_files)
+            except CblbError as e:
+                raise CblbError(f"set {set_name}: member {m.name}: {e}", e.errno) from None
+            checked.append(SetMember(m.name, catalog, m.file_size, m.max_files))
+            words.append(f"{m.name} {catalog} {m.file_size} {m.max_files}")
+        line = f"startset {set_name} " + " ".join(words)
+        os.sync()   # the members' freezes are taken one by one: leave them little to write
+        try:
+            self._cmd(line, {E.E2BIG: f"set {set_name}: the command is too long for the "
+                                      "module (shorter catalog paths or fewer members)"})
+        except CblbError as e:
+            try:
+                who = (self.root / "set_refused").read_text().split()
+            except OSError:
+                who = []
+            member = next((m for m in checked if who[1:] == [m.name]), None)
+            if member is None or e.errno == E.E2BIG:
+                raise
+            why = self._start_refusals(member.name, member.catalog, member.file_size,
+                                       member.max_files).get(e.errno, str(e))
+            raise CblbError(f"set {set_name} not started: member {member.name}: {why}",
+                            e.errno) from None
+        return [self.snapshot(n) for n in names]
 
     def remove(self, name: str) -> None:
         """remove <name>: refused while /dev/<name> is mounted or open."""

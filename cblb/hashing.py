@@ -27,7 +27,7 @@ import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Callable, Generator, Iterable, Iterator
+from typing import Callable, Generator, Iterable, Iterator, TypeVar
 
 import xxhash
 
@@ -48,6 +48,7 @@ DIRECT_ALIGN = 4096         # O_DIRECT offsets, lengths and buffers are aligned 
 MAX_BLOCK_SIZE = 1 << 30
 
 Progress = Callable[[int], None]
+T = TypeVar("T")
 
 
 def extension() -> "object":
@@ -319,7 +320,7 @@ class Engine:
             yield b, off, min(nb * self.block_size, size - off)
             b += nb
 
-    def ordered(self, fn: Callable[..., bytearray], tasks: Iterable[tuple]) -> Iterator[bytearray]:
+    def ordered(self, fn: Callable[..., T], tasks: Iterable[tuple]) -> Iterator[T]:
         """Run fn(*task) on the pool, a bounded window at a time; yield results in order.
         On an error or an early stop, pending tasks are cancelled and running ones waited
         for, so no thread still uses a file descriptor the caller is about to close."""

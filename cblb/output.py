@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import datetime
 from typing import Any, Iterable, Sequence
 
 
@@ -18,6 +19,12 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} TiB"
+
+
+def point_in_time(ns: int) -> str:
+    """A start_time_ns as local time to the microsecond, with its UTC offset."""
+    return datetime.fromtimestamp(ns / 1e9).astimezone().isoformat(sep=" ",
+                                                                   timespec="microseconds")
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:

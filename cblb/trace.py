@@ -11,7 +11,13 @@ every record covers one interval:
      "read_hist_us": [...], "totals": {...cumulative since start...},
      "cow": {"copies_per_s": ..., "chunks": ..., "bytes": ..., "copy_ns": ...,
              "batches": ..., "files_created": ..., "state_changes": [...],
-             "snapshots": {"<name>": {...cumulative...}}}}
+             "snapshots": {"<name>": {...cumulative...}}},
+     "missed": 0}
+
+``missed`` counts probe runs the kernel skipped in the interval: a BPF program is not
+run while another one runs on the same CPU (an I/O completion interrupting a probe), so
+each skipped run may lose one request from the figures. It is the programs'
+``recursion_misses`` (kernel 5.12 and later; 0 where the kernel does not say).
 
 Latency is block-layer request latency (block:block_rq_issue -> block:block_rq_complete):
 the time the disk spends on a request. cblb holds an origin write back *before* the
@@ -27,6 +33,7 @@ from __future__ import annotations
 
 import errno as E
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -218,7 +225,7 @@ def percentile(fine: dict[int, int], q: float) -> float | None:
 
 
 def empty_reading(t: float = 0.0) -> dict[str, Any]:
-    return {"t": t, "wall": 0.0, "io": {}, "lat": {}, "cow": {}, "states": []}
+    return {"t": t, "wall": 0.0, "io": {}, "lat": {}, "cow": {}, "states": [], "missed": 0}
 
 
 def _sub(a: dict, b: dict) -> dict:
@@ -284,6 +291,7 @@ def build_record(prev: dict[str, Any], cur: dict[str, Any], device: str | None,
         tot[key] += c
         tot[key.rstrip("s") + "_bytes"] += b
     rec["totals"] = tot
+    rec["missed"] = cur.get("missed", 0) - prev.get("missed", 0)
     if per_device:
         devs = sorted({d for d, _ in cur["io"]})
         rec["per_device"] = {disk_name(d): device_record(io, lat, {d}, dt) for d in devs
@@ -441,7 +449,20 @@ class Tracer:
                 r["cow"][k.name.decode(errors="replace")] = tuple(
                     getattr(v, f) for f in COW_FIELDS)
         r["states"], self._states = self._states, []
+        r["missed"] = self.missed()
         return r
+
+    def missed(self) -> int:
+        """Probe runs the kernel skipped so far (the programs' recursion_misses)."""
+        total = 0
+        for fn in getattr(self.bpf, "funcs", {}).values():
+            try:
+                info = Path(f"/proc/self/fdinfo/{fn.fd}").read_text()
+            except OSError:
+                continue
+            m = re.search(r"^recursion_misses:\s+(\d+)", info, re.MULTILINE)
+            total += int(m.group(1)) if m else 0
+        return total
 
     def sample(self) -> dict[str, Any]:
         """The record for the interval since the previous sample() (or start())."""

@@ -38,10 +38,13 @@
 #define STATE_LEN 16
 #define MAX_SLOT 255
 
-/* A request in flight: found again at completion by (disk, first sector). */
+/* A request in flight: found again at completion by (disk, direction, first sector).
+ * The direction is part of the key: a read and a write of the same sector can be in
+ * flight together (a snapshot read going to the origin while an application writes
+ * there), and keyed by sector alone the second would overwrite the first. */
 struct rq_key {
 	u32 dev;
-	u32 pad;
+	u32 op;
 	u64 sector;
 };
 
@@ -125,6 +128,7 @@ TRACEPOINT_PROBE(block, block_rq_issue)
 	if (op < 0)
 		return 0;
 	k.dev = args->dev;
+	k.op = op;
 	k.sector = args->sector;
 	v.ts = bpf_ktime_get_ns();
 	v.bytes = (u64)args->nr_sector << 9;
@@ -141,8 +145,13 @@ TRACEPOINT_PROBE(block, block_rq_complete)
 	struct io_key ik = {};
 	struct io_val zero = {}, *t;
 	u64 delta;
+	int op;
 
+	op = rwbs_op(args->rwbs);
+	if (op < 0)
+		return 0;
 	k.dev = args->dev;
+	k.op = op;
 	k.sector = args->sector;
 	v = inflight.lookup(&k);
 	if (!v)

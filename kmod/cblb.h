@@ -3,9 +3,11 @@
  * cblb: copy-on-write snapshots of live block devices.
  *
  * One struct cblb_snapshot per snapshot device. Its parts, one file each:
- *   registry.c   slots under total=N, create/start/remove, the registry mutex
+ *   registry.c   slots under total=N, create/remove, the registry mutex
+ *   start.c      start and startset: the point in time of one or several snapshots
  *   sysfs.c      /sys/kernel/cblb/cmd parser, per-device attributes
  *   tracker.c    ftrace hook on submit_bio_noacct: finds origin writes (hash by disk)
+ *   cbt.c        changed-block tracking per origin, across snapshots (doc/CBT.md)
  *   index.c      the copied-chunk index (chunk -> slot)
  *   cow.c        the copy-on-write pipeline: worker, flights, write-back (doc/COW.md)
  *   reads.c      snapshot reads of the origin in flight (what a copy must wait for)
@@ -41,11 +43,14 @@
 #include <linux/workqueue.h>
 #include <linux/wait.h>
 #include <linux/path.h>
+#include <linux/uuid.h>
 #include "compat.h"
 
 #define CBLB_VERSION		"0.17.0"
 #define CBLB_NAME_MAX		31
 #define CBLB_TOTAL_MAX		255
+/* Members of one "startset" (doc/SETS.md). */
+#define CBLB_SET_MAX		16
 #define CBLB_MAX_FILES		4096
 #define CBLB_MIN_FILE_BLOCKS	8
 
@@ -188,13 +193,25 @@ struct cblb_snapshot {
 	enum cblb_state state;		/* Protected by state_lock; READ_ONCE for a peek */
 	char error[160];		/* Protected by state_lock */
 	bool dying;			/* set by remove before the worker's last run */
-	u64 start_time_ns;
+	u64 start_time_ns;		/* the point in time (a set's: the same in each member) */
 	u64 start_latency_us;
+	u64 frozen_us;			/* first freeze to last thaw of its start */
 	const char *freeze;
+	char set_name[CBLB_NAME_MAX + 1];	/* "" unless started by startset; written
+						 * under cblb_registry_lock by start.c */
 
 	/* tracker: in the hash while started, see tracker.c */
 	struct hlist_node hash_node;
 	bool tracked;			/* Protected by cblb_registry_lock */
+	u64 gate_seq;			/* tracked once cblb_gate_open >= gate_seq (start.c);
+					 * written before the snapshot enters the hash */
+
+	/* changed-block tracking of the origin, see cbt.c; set at create */
+	struct cblb_cbt *cbt;
+	uuid_t cbt_generation;		/* written by start under cblb_registry_lock */
+	u64 cbt_sequence;		/* this start's; 0 before */
+	u64 cbt_changed;		/* bits set in the map this start froze */
+	bool cbt_ready;			/* the frozen map is final; under the cbt's lock */
 
 	/* copy-on-write, see cow.c */
 	spinlock_t pending_lock;
@@ -236,11 +253,29 @@ extern int cblb_total;
 int cblb_registry_init(void);
 void cblb_registry_exit(void);
 int cblb_cmd_create(const char *name, const char *origin);
-int cblb_cmd_start(const char *name, const char *catalog, u64 file_blocks, u32 max_files);
 int cblb_cmd_remove(const char *name);
 int cblb_debug_show(char *buf);
 void cblb_fail(struct cblb_snapshot *s, const char *fmt, ...) __printf(2, 3);
 bool cblb_snapshot_active(struct cblb_snapshot *s);
+void cblb_set_state(struct cblb_snapshot *s, enum cblb_state new);
+bool cblb_valid_name(const char *name);
+struct cblb_snapshot *cblb_find(const char *name);
+struct cblb_snapshot *cblb_catalog_meets_origin(struct cblb_snapshot *s, bool catalog_of_s);
+
+/* start.c */
+/* One member of a start: the words of the seed's "start" command. */
+struct cblb_start_member {
+	const char *name;
+	const char *catalog;
+	u64 file_blocks;
+	u32 max_files;
+	struct cblb_snapshot *snap;	/* filled in by the command */
+	int freeze_err;
+};
+extern atomic64_t cblb_gate_open;
+int cblb_cmd_start(const char *name, const char *catalog, u64 file_blocks, u32 max_files);
+int cblb_cmd_start_set(const char *set, struct cblb_start_member *m, int n);
+ssize_t cblb_set_refused_show(char *buf);
 
 /* sysfs.c */
 int cblb_sysfs_init(void);
@@ -256,6 +291,23 @@ void cblb_tracker_exit(void);
 void cblb_tracker_add(struct cblb_snapshot *s);
 void cblb_tracker_del(struct cblb_snapshot *s);
 void cblb_pass_bio(struct bio *bio);
+
+/* cbt.c */
+struct cblb_cbt;
+extern atomic_t cblb_nr_cbt;
+void cblb_cbt_mark(struct bio *bio, bool again);
+int cblb_cbt_attach(struct cblb_snapshot *s);
+void cblb_cbt_detach(struct cblb_cbt *c);
+int cblb_cbt_prepare(struct cblb_snapshot *s);
+void cblb_cbt_dual(struct cblb_snapshot *s);
+void cblb_cbt_flip(struct cblb_snapshot *s);
+void cblb_cbt_frozen(struct cblb_snapshot *s);
+void cblb_cbt_unflip(struct cblb_snapshot *s);
+unsigned int cblb_cbt_block_size(struct cblb_snapshot *s);
+ssize_t cblb_cbt_read_map(struct cblb_snapshot *s, char *buf, loff_t off, size_t count);
+int cblb_cmd_track(const char *path);
+int cblb_cmd_untrack(const char *path);
+void cblb_cbt_exit(void);
 
 /* index.c */
 u64 cblb_index_get(struct cblb_snapshot *s, u64 chunk);
@@ -286,6 +338,7 @@ int cblb_stack_reaches_origin(struct cblb_snapshot *s, struct block_device *bdev
 /* store.c */
 int cblb_store_init(struct cblb_snapshot *s, const char *catalog, u64 file_blocks,
 		    u32 max_files);
+void cblb_store_unname(struct cblb_store *st);
 void cblb_store_started(struct cblb_store *st);
 void cblb_store_exit(struct cblb_store *st);
 int cblb_store_write_file(struct cblb_store *st, u64 slot, struct page *page);

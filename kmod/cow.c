@@ -580,6 +580,8 @@ int cblb_cow_init(struct cblb_snapshot *s)
 	init_waitqueue_head(&s->flight_wq);
 	s->nr_free_flights = 0;
 	s->nr_flights = 0;
+	atomic64_set(&s->cow_chunks, 0);	/* a refused start may have copied some */
+	atomic64_set(&s->index_entries, 0);
 
 	/* Flights are small; their pages (1 MiB each) come as needed, the first one now. */
 	for (i = 0; i < CBLB_FLIGHTS; i++) {

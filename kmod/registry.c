@@ -2,6 +2,8 @@
 /*
  * The registry: total=N slots of snapshots, and the three commands that change them.
  *
+ * "start" and "startset", which make the point in time, are in start.c.
+ *
  * Lock story:
  * - cblb_registry_lock (mutex) protects slots[] and serialises every command, module
  *   exit included. It is held across "start" (freeze, track, thaw): nothing that runs
@@ -37,7 +39,7 @@ const char *cblb_state_name(enum cblb_state state)
 	return state < ARRAY_SIZE(state_names) ? state_names[state] : "unknown";
 }
 
-static void set_state(struct cblb_snapshot *s, enum cblb_state new)
+void cblb_set_state(struct cblb_snapshot *s, enum cblb_state new)
 {
 	enum cblb_state old;
 
@@ -72,7 +74,7 @@ void cblb_fail(struct cblb_snapshot *s, const char *fmt, ...)
 	}
 }
 
-static bool valid_name(const char *name)
+bool cblb_valid_name(const char *name)
 {
 	size_t i, n = strlen(name);
 
@@ -85,9 +87,11 @@ static bool valid_name(const char *name)
 }
 
 /* Caller holds cblb_registry_lock. */
-static struct cblb_snapshot *find(const char *name)
+struct cblb_snapshot *cblb_find(const char *name)
 {
 	int i;
+
+	lockdep_assert_held(&cblb_registry_lock);
 
 	for (i = 0; i < cblb_total; i++)
 		if (slots[i] && !strcmp(slots[i]->name, name))
@@ -143,7 +147,7 @@ static struct cblb_snapshot *overlapping(struct cblb_snapshot *s)
  * snapshot's copy-on-write, or the two COW workers would wait on each other. A walk that
  * cannot tell counts as a meeting. Caller holds cblb_registry_lock.
  */
-static struct cblb_snapshot *catalog_meets_origin(struct cblb_snapshot *s, bool catalog_of_s)
+struct cblb_snapshot *cblb_catalog_meets_origin(struct cblb_snapshot *s, bool catalog_of_s)
 {
 	char top[BDEVNAME_SIZE];
 	int i;
@@ -166,10 +170,11 @@ static struct cblb_snapshot *catalog_meets_origin(struct cblb_snapshot *s, bool 
 int cblb_cmd_create(const char *name, const char *origin)
 {
 	struct cblb_snapshot *s, *other;
+	struct cblb_cbt *cbt;
 	dev_t dev;
 	int i, slot = -1, err;
 
-	if (!valid_name(name)) {
+	if (!cblb_valid_name(name)) {
 		pr_notice_ratelimited("create: invalid name '%s' (1-%d of A-Z a-z 0-9 . _ -)\n",
 				      name, CBLB_NAME_MAX);
 		return -EINVAL;
@@ -180,7 +185,7 @@ int cblb_cmd_create(const char *name, const char *origin)
 		return err;
 	}
 	mutex_lock(&cblb_registry_lock);
-	if (find(name) || bdev_name_taken(name)) {
+	if (cblb_find(name) || bdev_name_taken(name)) {
 		pr_notice_ratelimited("create %s: the name is taken\n", name);
 		err = -EEXIST;
 		goto out_unlock;
@@ -246,16 +251,26 @@ int cblb_cmd_create(const char *name, const char *origin)
 		err = -EBUSY;
 		goto fail_origin;
 	}
-	other = catalog_meets_origin(s, false);
+	other = cblb_catalog_meets_origin(s, false);
 	if (other) {
 		pr_notice_ratelimited("create %s: %s holds the catalog %s of snapshot %s (or one built on it); remove %s first\n",
 				      name, origin, other->store.catalog_name, other->name, other->name);
 		err = -EBUSY;
 		goto fail_origin;
 	}
+	/* Changed-block tracking of the origin begins with its first create (cbt.c). */
+	err = cblb_cbt_attach(s);
+	if (err) {
+		pr_notice_ratelimited("create %s: cannot track changes of %s (%d)\n", name,
+				      origin, err);
+		goto fail_origin;
+	}
+	cbt = s->cbt;
 	err = cblb_sysfs_add(s);
-	if (err)
+	if (err) {
+		cblb_cbt_detach(cbt);
 		goto fail_sysfs;	/* the kobject's release freed s */
+	}
 	slots[slot] = s;
 	mutex_unlock(&cblb_registry_lock);
 	trace_cblb_state(s->name, "none", "created");
@@ -273,92 +288,6 @@ out_unlock:
 	return err;
 }
 
-int cblb_cmd_start(const char *name, const char *catalog, u64 file_blocks, u32 max_files)
-{
-	struct cblb_snapshot *s, *other;
-	ktime_t t0;
-	int err, ferr;
-
-	if (file_blocks < CBLB_MIN_FILE_BLOCKS || file_blocks > (u64)INT_MAX ||
-	    !max_files || max_files > CBLB_MAX_FILES) {
-		pr_notice_ratelimited("start %s: file size must be %d..%d blocks and max files 1..%d\n",
-				      name, CBLB_MIN_FILE_BLOCKS, INT_MAX, CBLB_MAX_FILES);
-		return -EINVAL;
-	}
-	mutex_lock(&cblb_registry_lock);
-	s = find(name);
-	if (!s) {
-		pr_notice_ratelimited("start %s: no such snapshot\n", name);
-		err = -ENOENT;
-		goto out_unlock;
-	}
-	if (s->state != CBLB_CREATED) {
-		pr_notice_ratelimited("start %s: already started\n", name);
-		err = -EALREADY;
-		goto out_unlock;
-	}
-	t0 = ktime_get();
-	mutex_lock(&s->store_mutex);
-	err = cblb_store_init(s, catalog, file_blocks, max_files);
-	mutex_unlock(&s->store_mutex);
-	if (err) {
-		pr_notice_ratelimited("start %s: catalog %s unusable (%d)\n", name, catalog, err);
-		goto out_unlock;
-	}
-	other = catalog_meets_origin(s, true);
-	if (other) {
-		pr_notice_ratelimited("start %s: catalog %s is on the origin %s of snapshot %s (or on a device built on it); put the catalog on another device\n",
-				      name, catalog, other->origin_path, other->name);
-		err = -ELOOP;
-		goto fail_cow;
-	}
-	err = cblb_cow_init(s);
-	if (err)
-		goto fail_cow;
-
-	/* The point in time: a mounted filesystem is frozen (journal clean) around it. */
-	ferr = cblb_freeze(s->origin.bdev);
-	if (ferr && ferr != -EBUSY) {
-		pr_notice_ratelimited("start %s: freezing %s failed (%d)\n", name, s->origin_path,
-				      ferr);
-		err = ferr;
-		goto fail_freeze;
-	}
-	s->freeze = ferr ? "already-frozen" : "frozen";
-	set_state(s, CBLB_ACTIVE);
-	cblb_tracker_add(s);
-	s->start_time_ns = ktime_get_real_ns();
-	if (!ferr)
-		cblb_thaw(s->origin.bdev);
-	s->start_latency_us = ktime_to_us(ktime_sub(ktime_get(), t0));
-
-	err = cblb_snapimage_create(s);
-	if (err) {
-		pr_notice_ratelimited("start %s: cannot add /dev/%s (%d)\n", name, name, err);
-		goto fail_disk;
-	}
-	cblb_store_started(&s->store);
-	mutex_unlock(&cblb_registry_lock);
-	return 0;
-
-fail_disk:
-	cblb_tracker_del(s);
-	s->start_time_ns = 0;
-	s->freeze = "";
-	set_state(s, CBLB_CREATED);
-fail_freeze:
-	cblb_cow_exit(s);
-	s->dying = false;
-fail_cow:
-	mutex_lock(&s->store_mutex);
-	cblb_store_exit(&s->store);
-	memset(&s->store, 0, sizeof(s->store));
-	mutex_unlock(&s->store_mutex);
-out_unlock:
-	mutex_unlock(&cblb_registry_lock);
-	return err;
-}
-
 /* Tear a snapshot down. Caller holds cblb_registry_lock; the disk is not open. */
 static void destroy(struct cblb_snapshot *s)
 {
@@ -370,6 +299,7 @@ static void destroy(struct cblb_snapshot *s)
 	if (s->disk)
 		cblb_reads_close(s);
 	cblb_tracker_del(s);
+	cblb_cbt_detach(s->cbt);	/* tracking of the origin goes on */
 	WRITE_ONCE(s->dying, true);
 	cblb_cow_exit(s);
 	cblb_snapimage_destroy(s);
@@ -405,7 +335,7 @@ int cblb_cmd_remove(const char *name)
 	int err = 0;
 
 	mutex_lock(&cblb_registry_lock);
-	s = find(name);
+	s = cblb_find(name);
 	if (!s) {
 		pr_notice_ratelimited("remove %s: no such snapshot\n", name);
 		err = -ENOENT;
@@ -463,6 +393,7 @@ void cblb_registry_exit(void)
 	for (i = 0; i < cblb_total; i++)
 		if (slots[i])
 			destroy(slots[i]);
+	cblb_cbt_exit();
 	mutex_unlock(&cblb_registry_lock);
 	kfree(slots);
 }

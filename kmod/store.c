@@ -722,16 +722,19 @@ fail_path:
 	return err;
 }
 
-/*
- * After the thaw: the names of a store made before the freeze go (the files stay open),
- * and the preparer starts keeping files ahead.
- */
-void cblb_store_started(struct cblb_store *st)
+/* After the thaw: the names of a store made before the freeze go (the files stay open). */
+void cblb_store_unname(struct cblb_store *st)
 {
 	unsigned int i;
 
 	for (i = 0; i < st->nr_ready; i++)
 		store_unlink(st, st->files[i]);
+}
+
+/* After the thaw of a started snapshot: names go, the preparer keeps files ahead. */
+void cblb_store_started(struct cblb_store *st)
+{
+	cblb_store_unname(st);
 	if (st->nr_ready < st->max_files)
 		queue_work(system_unbound_wq, &st->prepare_work);
 }

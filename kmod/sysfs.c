@@ -3,7 +3,8 @@
  * /sys/kernel/cblb: the seed's command file, the debug summary, one folder per snapshot.
  *
  * Commands (kmod/doc/INTERFACE.md): "create <dev> <partition> begin end",
- * "start <dev> <catalog> <file size> <max files>", "remove <dev>". One per write();
+ * "start <dev> <catalog> <file size> <max files>", "remove <dev>", and
+ * "startset <set> <dev> <catalog> <file size> <max files> ..." (doc/SETS.md). One per write();
  * blanks separate words; a trailing newline is accepted. A refused command fails the
  * write() with its errno and logs one rate-limited line saying why. Writing needs
  * CAP_SYS_ADMIN (EPERM otherwise).
@@ -22,8 +23,8 @@
 #include <linux/sysfs.h>
 #include "cblb.h"
 
-#define CMD_MAX		1024
-#define CMD_WORDS	6
+#define CMD_MAX		PAGE_SIZE
+#define CMD_WORDS	(2 + 4 * CBLB_SET_MAX)
 
 struct kobject *cblb_kobj;
 
@@ -42,13 +43,50 @@ static int split_words(char *line, char **words, int max)
 	return n;
 }
 
-static int run_cmd(char *line)
+/* "startset <set>" followed by 1..CBLB_SET_MAX groups of the words of "start". */
+static int run_startset(char **w, int n)
 {
-	char *w[CMD_WORDS];
+	struct cblb_start_member *m;
+	int i, nr = (n - 2) / 4, err = -EINVAL;
+
+	if (n < 6 || (n - 2) % 4)
+		goto usage;
+	m = kcalloc(nr, sizeof(*m), GFP_KERNEL);
+	if (!m)
+		return -ENOMEM;
+	for (i = 0; i < nr; i++) {
+		char **g = w + 2 + 4 * i;
+		unsigned long long blocks;
+		unsigned int files;
+
+		if (kstrtoull(g[2], 10, &blocks) || kstrtouint(g[3], 10, &files)) {
+			kfree(m);
+			goto usage;
+		}
+		m[i].name = g[0];
+		m[i].catalog = g[1];
+		m[i].file_blocks = blocks;
+		m[i].max_files = files;
+	}
+	err = cblb_cmd_start_set(w[1], m, nr);
+	kfree(m);
+	return err;
+usage:
+	pr_notice_ratelimited("startset: usage: startset <set> <dev> <catalog> <file size> <max files> [<dev> <catalog> <file size> <max files> ...] (1..%d members)\n",
+			      CBLB_SET_MAX);
+	return err;
+}
+
+static int run_cmd(char *line, char **w)
+{
 	int n = split_words(line, w, CMD_WORDS);
 	unsigned long long blocks;
 	unsigned int files;
 
+	if (n == -E2BIG && !strcmp(w[0], "startset")) {
+		pr_notice_ratelimited("startset: at most %d members\n", CBLB_SET_MAX);
+		return -E2BIG;
+	}
 	if (n <= 0)
 		goto usage;
 	if (!strcmp(w[0], "create")) {
@@ -65,6 +103,15 @@ static int run_cmd(char *line)
 		}
 		return cblb_cmd_start(w[1], w[2], blocks, files);
 	}
+	if (!strcmp(w[0], "startset"))
+		return run_startset(w, n);
+	if (!strcmp(w[0], "track") || !strcmp(w[0], "untrack")) {
+		if (n != 2) {
+			pr_notice_ratelimited("%s: usage: %s <partition>\n", w[0], w[0]);
+			return -EINVAL;
+		}
+		return w[0][0] == 't' ? cblb_cmd_track(w[1]) : cblb_cmd_untrack(w[1]);
+	}
 	if (!strcmp(w[0], "remove")) {
 		if (n != 2) {
 			pr_notice_ratelimited("remove: usage: remove <dev>\n");
@@ -73,27 +120,34 @@ static int run_cmd(char *line)
 		return cblb_cmd_remove(w[1]);
 	}
 usage:
-	pr_notice_ratelimited("unknown command; use create, start or remove\n");
+	pr_notice_ratelimited("unknown command; use create, start, startset, remove, track or untrack\n");
 	return -EINVAL;
 }
 
 static ssize_t cmd_store(struct kobject *kobj, struct kobj_attribute *attr, const char *buf,
 			 size_t count)
 {
-	char *line;
+	char *line, **words;
 	int err;
 
 	/* The file's mode is not enough: a root without CAP_SYS_ADMIN may not snapshot. */
 	if (!capable(CAP_SYS_ADMIN))
 		return -EPERM;
 	if (count >= CMD_MAX) {
-		pr_notice_ratelimited("command longer than %d bytes\n", CMD_MAX - 1);
-		return -EINVAL;
+		pr_notice_ratelimited("command longer than %lu bytes\n", (unsigned long)CMD_MAX - 1);
+		return -E2BIG;
 	}
 	line = kmemdup_nul(buf, count, GFP_KERNEL);
 	if (!line)
 		return -ENOMEM;
-	err = run_cmd(line);
+	words = kmalloc_array(CMD_WORDS, sizeof(*words), GFP_KERNEL);
+	if (!words) {
+		err = -ENOMEM;
+		goto out_line;
+	}
+	err = run_cmd(line, words);
+	kfree(words);
+out_line:
 	kfree(line);
 	return err ? err : count;
 }
@@ -103,12 +157,19 @@ static ssize_t debug_show(struct kobject *kobj, struct kobj_attribute *attr, cha
 	return cblb_debug_show(buf);
 }
 
+static ssize_t set_refused_show(struct kobject *kobj, struct kobj_attribute *attr, char *buf)
+{
+	return cblb_set_refused_show(buf);
+}
+
 static struct kobj_attribute cmd_attr = __ATTR_WO(cmd);
 static struct kobj_attribute debug_attr = __ATTR_RO(debug);
+static struct kobj_attribute set_refused_attr = __ATTR_RO(set_refused);
 
 static struct attribute *cblb_root_attrs[] = {
 	&cmd_attr.attr,
 	&debug_attr.attr,
+	&set_refused_attr.attr,
 	NULL,
 };
 
@@ -148,6 +209,30 @@ SNAP_ATTR(store_capacity, "%llu", (unsigned long long)cblb_store_capacity(&s->st
 SNAP_ATTR(start_time_ns, "%llu", (unsigned long long)s->start_time_ns);
 SNAP_ATTR(start_latency_us, "%llu", (unsigned long long)s->start_latency_us);
 SNAP_ATTR(freeze, "%s", s->freeze);
+SNAP_ATTR(set, "%s", s->set_name);
+SNAP_ATTR(frozen_us, "%llu", (unsigned long long)s->frozen_us);
+/* Changed-block tracking of this start (doc/CBT.md); meaningful once cbt_ready. */
+SNAP_ATTR(cbt_generation, "%pUb", &s->cbt_generation);
+SNAP_ATTR(cbt_sequence, "%llu", (unsigned long long)s->cbt_sequence);
+SNAP_ATTR(cbt_block_size, "%u", cblb_cbt_block_size(s));
+SNAP_ATTR(cbt_changed_blocks, "%llu", (unsigned long long)s->cbt_changed);
+
+static ssize_t snap_cbt_map_read(struct file *f, struct kobject *kobj,
+				 struct bin_attribute *attr, char *buf, loff_t off, size_t count)
+{
+	return cblb_cbt_read_map(to_snap(kobj), buf, off, count);
+}
+
+/* Size 0: sysfs does not clip reads; the read stops at the map's end. */
+static struct bin_attribute snap_cbt_map_attr = {
+	.attr = { .name = "cbt_map", .mode = 0400 },
+	.read = snap_cbt_map_read,
+};
+
+static struct bin_attribute *snap_bin_attrs[] = {
+	&snap_cbt_map_attr,
+	NULL,
+};
 /* xarray leaf nodes: 576 bytes per 64 entries, each entry holding two chunks. */
 SNAP_ATTR(index_bytes, "%lld",
 	  (long long)DIV_ROUND_UP(atomic64_read(&s->index_entries), 64) * 576);
@@ -206,10 +291,21 @@ static struct attribute *snap_attrs[] = {
 	&snap_files_used_attr.attr, &snap_chunk_size_attr.attr, &snap_cow_chunks_attr.attr,
 	&snap_cow_bytes_attr.attr, &snap_store_capacity_attr.attr, &snap_error_attr.attr,
 	&snap_start_time_ns_attr.attr, &snap_start_latency_us_attr.attr, &snap_freeze_attr.attr,
-	&snap_store_extents_attr.attr, &snap_index_bytes_attr.attr,
+	&snap_store_extents_attr.attr, &snap_index_bytes_attr.attr, &snap_set_attr.attr,
+	&snap_frozen_us_attr.attr, &snap_cbt_generation_attr.attr, &snap_cbt_sequence_attr.attr,
+	&snap_cbt_block_size_attr.attr, &snap_cbt_changed_blocks_attr.attr,
 	NULL,
 };
-ATTRIBUTE_GROUPS(snap);
+
+static const struct attribute_group snap_group = {
+	.attrs = snap_attrs,
+	.bin_attrs = snap_bin_attrs,
+};
+
+static const struct attribute_group *snap_groups[] = {
+	&snap_group,
+	NULL,
+};
 
 static void snap_release(struct kobject *kobj)
 {

@@ -11,13 +11,19 @@
  * (bio-based or blk-mq), on 6.1 and 6.12 alike, without touching the disk's operations.
  *
  * Lock story:
- * - cblb_tracked (hash by gendisk) is RCU: the handler runs with preemption disabled
- *   (an RCU read-side section), cblb_origin_submit_bio() takes rcu_read_lock();
+ * - cblb_tracked (hash by gendisk) is RCU: the handler and cblb_origin_submit_bio()
+ *   look it up under rcu_read_lock();
  *   writers hold cblb_registry_lock and call synchronize_rcu() after deleting.
  * - cblb_redirected counts tasks that were sent to cblb_origin_submit_bio() and have not
  *   left it; module exit waits for zero after unregistering the hook, then for an RCU
  *   tasks grace period (no task left on the module's last instructions).
  * - The hook is FTRACE_OPS_FL_PERMANENT: ftrace cannot be switched off under it.
+ * - Changed-block tracking (cbt.c) marks every modifying bio of a tracked origin here,
+ *   snapshot or not; the module's own store writes (end_io cblb_cow_endio) and the
+ *   bios it passes on itself are not marked.
+ * - A snapshot in the hash is tracked only once its start has opened the gate
+ *   (cblb_gate_open >= s->gate_seq, start.c): the members of a set enter the hash one by
+ *   one and become tracked at one instant, the store that opens the gate.
  * Context: the handler is called from any context that submits bios (process, and
  *   rarely softirq); it never sleeps. cblb_origin_submit_bio() runs in the submitter's
  *   context, possibly inside another driver's submit_bio: it never waits for I/O.
@@ -67,6 +73,8 @@ static struct cblb_snapshot *tracker_find(struct bio *bio, sector_t *rel, sector
 
 		if (s->origin_disk != disk || end <= ostart || start >= oend)
 			continue;
+		if (atomic64_read_acquire(&cblb_gate_open) < s->gate_seq)
+			continue;	/* its start has not reached the point in time */
 		*rel = max(start, ostart) - ostart;
 		*len = min(end, oend) - max(start, ostart);
 		return s;
@@ -92,8 +100,12 @@ static void notrace cblb_origin_submit_bio(struct bio *bio)
 
 	rcu_read_lock();
 	s = tracker_find(bio, &rel, &len);
-	if (s)
+	if (s) {
+		/* Found past its gate again: marked in the current map (doc/CBT.md). */
+		if (atomic_read(&cblb_nr_cbt))
+			cblb_cbt_mark(bio, true);
 		taken = cblb_cow_intercept(s, bio, rel, len);
+	}
 	rcu_read_unlock();
 	if (!taken)
 		cblb_pass_bio(bio);
@@ -104,11 +116,13 @@ static void notrace cblb_origin_submit_bio(struct bio *bio)
 static void notrace cblb_ftrace_handler(unsigned long ip, unsigned long parent_ip,
 					struct ftrace_ops *ops, struct ftrace_regs *fregs)
 {
+	bool cbt = atomic_read(&cblb_nr_cbt);
+	struct cblb_snapshot *s = NULL;
 	struct pt_regs *regs;
 	struct bio *bio;
 	sector_t rel, len;
 
-	if (!atomic_read(&cblb_nr_tracked))
+	if (!cbt && !atomic_read(&cblb_nr_tracked))
 		return;
 	if (within_module(parent_ip, THIS_MODULE))
 		return;
@@ -118,10 +132,21 @@ static void notrace cblb_ftrace_handler(unsigned long ip, unsigned long parent_i
 	bio = (struct bio *)regs_get_kernel_argument(regs, 0);
 	if (!bio || !bio_modifies(bio) || bio->bi_end_io == cblb_cow_endio)
 		return;
-	if (!tracker_find(bio, &rel, &len))
-		return;
-	atomic_inc(&cblb_redirected);
-	instruction_pointer_set(regs, (unsigned long)cblb_origin_submit_bio);
+	/* Changed blocks are marked before the snapshot is looked for, and once more if it
+	 * is found past its gate: doc/CBT.md, "Rotation at the point in time". */
+	if (cbt)
+		cblb_cbt_mark(bio, false);
+	/* The ftrace trampoline need not disable preemption: an RCU section of our own. */
+	rcu_read_lock();
+	if (atomic_read(&cblb_nr_tracked))
+		s = tracker_find(bio, &rel, &len);
+	if (s) {
+		if (cbt)
+			cblb_cbt_mark(bio, true);
+		atomic_inc(&cblb_redirected);
+		instruction_pointer_set(regs, (unsigned long)cblb_origin_submit_bio);
+	}
+	rcu_read_unlock();
 }
 
 static struct ftrace_ops cblb_ftrace_ops = {
@@ -134,6 +159,7 @@ static struct ftrace_ops cblb_ftrace_ops = {
 /* Caller holds cblb_registry_lock. */
 void cblb_tracker_add(struct cblb_snapshot *s)
 {
+	lockdep_assert_held(&cblb_registry_lock);
 	hash_add_rcu(cblb_tracked, &s->hash_node, (unsigned long)s->origin_disk);
 	s->tracked = true;
 	atomic_inc(&cblb_nr_tracked);
@@ -142,6 +168,7 @@ void cblb_tracker_add(struct cblb_snapshot *s)
 /* Caller holds cblb_registry_lock. On return no new bio can reach the snapshot. */
 void cblb_tracker_del(struct cblb_snapshot *s)
 {
+	lockdep_assert_held(&cblb_registry_lock);
 	if (!s->tracked)
 		return;
 	hash_del_rcu(&s->hash_node);

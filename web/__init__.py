@@ -4,7 +4,7 @@
 
 - ``auth``      access token (on every bind), login form, CSRF and Host checks (web/auth.py)
 - ``devices``   the page, the live devices table, /api/status and the SSE stream
-- ``lifecycle`` load / create / start / mount / unmount / remove, each a POST
+- ``lifecycle`` load / create / start / start as a set / mount / unmount / remove, each a POST
 - ``charts``    origin throughput and latency, temp-file growth, as inline SVG partials
 - ``metrics``   /metrics in the Prometheus text format
 
@@ -31,7 +31,7 @@ from typing import Any
 from flask import Flask
 from flask_htmx import HTMX
 
-from cblb.output import human_bytes
+from cblb.output import human_bytes, point_in_time
 
 from .history import History
 from .sampler import DiskstatsSampler
@@ -91,6 +91,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
     htmx.init_app(app)
     app.jinja_env.filters["bytes"] = human_bytes
+    app.jinja_env.filters["point_in_time"] = point_in_time
     app.jinja_env.globals["csrf_token"] = _csrf_token
 
     from . import auth

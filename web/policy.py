@@ -3,7 +3,9 @@ the token, so it touches the file system only in folders an administrator allowe
 
 - temp files go only in a folder at or under one of ``CBLB_CATALOG_ROOTS`` (default
   /var/lib/cblb and /var/tmp; ``cblb web --catalog-root DIR`` sets them);
-- snapshots are mounted only on an empty (or new) folder under one of ``CBLB_MOUNT_ROOTS``.
+- snapshots are mounted only on an empty (or new) folder under one of ``CBLB_MOUNT_ROOTS``;
+- a set's members keep their temp files in ``<catalog root>/<name>``, one folder each, made
+  by the page when missing, and only when that folder too is inside the allowed ones.
 
 Both checks resolve the path once and return that resolved path, which is what the caller
 hands on: the folder checked is the folder used. A path outside the allowed folders is
@@ -62,3 +64,28 @@ def check_mount_dir(path: str, roots: Sequence[str]) -> str:
             raise CblbError(f"{norm} is not empty: mounting there would hide its files; "
                             "choose an empty or new folder", E.ENOTEMPTY)
     return real
+
+
+def member_catalogs(root: str, names: Sequence[str],
+                    roots: Sequence[str]) -> list[tuple[str, bool]]:
+    """Each set member's resolved catalog ``<root>/<name>`` and whether it was made here.
+
+    ``root`` must be an existing allowed folder; a member's folder is created when missing,
+    and refused, like any catalog, unless it resolves inside the allowed folders (a symbolic
+    link there cannot send temp files elsewhere). Names are already valid snapshot names."""
+    real_root = check_catalog_dir(root, roots)
+    if not os.path.isdir(real_root):
+        raise CblbError(f"catalog root {os.path.normpath(root)} is not an existing folder; "
+                        "create it with mkdir", E.ENOENT)
+    out = []
+    for name in names:
+        real = check_catalog_dir(os.path.join(real_root, name), roots)
+        made = not os.path.lexists(real)
+        if made:
+            try:
+                os.mkdir(real, 0o700)
+            except OSError as e:
+                raise CblbError(f"cannot create the catalog {real}: {e.strerror}",
+                                e.errno or 0) from None
+        out.append((real, made))
+    return out

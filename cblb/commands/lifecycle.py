@@ -1,12 +1,13 @@
 """The seed's lifecycle, one subcommand each: load, create, start, mount, umount, remove,
-list/status, unload. Each takes --json (what changed, as one JSON object)."""
+list/status, unload, and track/untrack (changed-block tracking without a snapshot). Each
+takes --json (what changed, as one JSON object)."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
-from ..control import Controller
+from ..control import Controller, ModuleStatus
 from ..output import emit_json, human_bytes, table
 from . import blocks_arg
 
@@ -73,13 +74,43 @@ def _list(args: argparse.Namespace, ctl: Controller) -> int:
     print(f"cblb_module {st.version} total={st.total} used={len(st.snapshots)}")
     rows = []
     for s in st.snapshots:
-        rows.append([s.name, s.origin, s.state.value, s.catalog or "-",
+        rows.append([s.name, s.set_name or "-", s.origin, s.state.value, s.catalog or "-",
                      f"{s.files_used}/{s.max_files}", human_bytes(s.cow_bytes),
                      s.mountpoint or "-", s.error or ""])
     if rows:
-        print(table(["NAME", "ORIGIN", "STATE", "CATALOG", "FILES", "COW", "MOUNTED", "ERROR"],
-                    rows))
+        # SET: the set a snapshot was started with at one point in time ('-' if alone)
+        print(table(["NAME", "SET", "ORIGIN", "STATE", "CATALOG", "FILES", "COW", "MOUNTED",
+                     "ERROR"], rows))
+    _print_tracking(st)
     return 0
+
+
+def _print_tracking(st: ModuleStatus) -> None:
+    """Changed-block tracking per origin (kmod/doc/CBT.md): GENERATION (its first 8
+    characters) and SEQUENCE (of the last start) are what an incremental backup rests on;
+    CHANGED is what was written since the last start, in whole map blocks."""
+    if not st.tracking:
+        return
+    rows = [[f"/dev/{t.disk}", t.short_generation or "-", t.sequence,
+             human_bytes(t.changed_bytes), human_bytes(t.block_size), human_bytes(t.memory_bytes),
+             next((s.name for s in st.snapshots if s.origin_dev == t.dev), "-")]
+            for t in st.tracking]
+    print()
+    print(table(["TRACKED", "GENERATION", "SEQUENCE", "CHANGED", "BLOCK", "MEMORY",
+                 "SNAPSHOT"], rows))
+
+
+def _track(args: argparse.Namespace, ctl: Controller) -> int:
+    t = ctl.track(args.partition)
+    return _say(args, f"{args.partition}: changed blocks tracked (generation "
+                f"{t.short_generation}, blocks of {human_bytes(t.block_size)}, "
+                f"{human_bytes(t.memory_bytes)} of kernel memory)", t.to_json())
+
+
+def _untrack(args: argparse.Namespace, ctl: Controller) -> int:
+    ctl.untrack(args.partition)
+    return _say(args, f"{args.partition}: no longer tracked; its next backup must be a full one",
+                {"partition": args.partition, "tracked": False})
 
 
 def _json(p: argparse.ArgumentParser) -> None:
@@ -133,7 +164,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     _json(p)
     p.set_defaults(func=_remove)
 
+    p = sub.add_parser("track", help="track PARTITION: track its changed blocks from now on, "
+                       "without a snapshot (a snapshot's create does it too)")
+    p.add_argument("partition", help="partition to track, e.g. /dev/sda2")
+    _json(p)
+    p.set_defaults(func=_track)
+
+    p = sub.add_parser("untrack", help="untrack PARTITION: stop tracking its changed blocks "
+                       "(refused while it has a snapshot; its next backup must be full)")
+    p.add_argument("partition", help="a tracked partition, e.g. /dev/sda2")
+    _json(p)
+    p.set_defaults(func=_untrack)
+
     for name in ("list", "status"):
-        p = sub.add_parser(name, help="show the module and its snapshots")
+        p = sub.add_parser(name, help="show the module, its snapshots (with the set each "
+                           "was started in) and the origins whose changed blocks it tracks")
         p.add_argument("--json", action="store_true", help="machine-readable output")
         p.set_defaults(func=_list)

@@ -93,6 +93,9 @@ def render(rec: dict[str, Any]) -> str:
         lines.append(f"  {name:<20} total {s['chunks']} chunks, {s['files']} file(s)")
     for ch in cow["state_changes"]:
         lines.append(f"  state: {ch['snapshot']} {ch['old']} -> {ch['new']}")
+    if rec.get("missed"):
+        lines.append(f"note: the kernel skipped {rec['missed']} probe run(s) (a probe "
+                     "interrupted by another): up to that many requests are not counted")
     return "\n".join(lines)
 
 

@@ -40,7 +40,7 @@ def resolve_source(ctl: Controller, arg: str) -> str:
     if os.path.exists(arg) or "/" in arg:
         return arg
     if NAME_RE.match(arg):
-        return ctl.snapshot(arg).device
+        return ctl.system.device_file(ctl.snapshot(arg).device)
     raise CblbError(f"{arg}: no such file, device or snapshot", E.ENOENT)
 
 

@@ -98,7 +98,7 @@ def test_cli_list_json_when_not_loaded(tmp_path: Path, capsys: pytest.CaptureFix
     ctl = Controller(system=FakeSystem(tmp_path / "f", loaded=False))
     assert main(["list", "--json"], ctl) == 0
     assert json.loads(capsys.readouterr().out) == {"loaded": False, "total": 0, "version": "",
-                                                   "snapshots": []}
+                                                   "snapshots": [], "tracking": []}
 
 
 # ---- sizes with units ----------------------------------------------------------------------
@@ -150,7 +150,7 @@ def test_every_positional_argument_has_help() -> None:
 
 
 STATE_CHANGING = ["load", "unload", "create", "start", "mount", "umount", "remove", "snapshot",
-                  "release", "backup", "manifest"]
+                  "release", "backup", "manifest", "restore", "track", "untrack"]
 
 
 def test_every_state_changing_command_has_json() -> None:

@@ -8,6 +8,7 @@ own, and ``fake.commands`` / ``fake.programs`` show what reached the "kernel".
 
 from __future__ import annotations
 
+import errno
 import html
 import os
 import re
@@ -378,6 +379,111 @@ def test_start_cost_preview(web_client, web_catalog):
         web_client.get(f"/lifecycle/cost?catalog={web_catalog}/no&file_mib=1&max_files=1"))
 
 
+# ---- start several as one set ----------------------------------------------------------------------
+def set_form(catalog, members=("a", "b"), **kw):
+    return {"member": list(members), "set_name": "db", "catalog": str(catalog),
+            "file_mib": "8", "max_files": "4", **kw}
+
+
+def test_set_form_offered_for_two_created(web_client, web_ctl, web_catalog):
+    web_ctl.create("a", "/dev/vdb1")
+    assert 'id="set-step"' not in text(web_client.get("/"))    # one: its own start form does
+    web_ctl.create("b", "/dev/vdb2")
+    make_active(web_ctl, web_catalog, "c", "/dev/loop0")
+    body = text(web_client.get("/"))
+    assert 'id="set-step"' in body and 'action="/sets"' in body
+    assert 'id="member-a"' in body and 'id="member-b"' in body
+    assert 'id="member-c"' not in body                          # active: not startable
+    form = body[body.index('id="set-step"'):body.index('id="snap-a"')]
+    assert 'name="csrf_token"' in form
+
+
+def test_start_set_from_the_page_and_grouped_listing(web_client, web_ctl, fake, web_catalog):
+    make_active(web_ctl, web_catalog, "alone", "/dev/loop0")
+    web_ctl.create("a", "/dev/vdb1")
+    web_ctl.create("b", "/dev/vdb2")
+    r = post(web_client, "/sets", set_form(web_catalog), htmx=True)
+    assert r.status_code == 200, text(r)
+    cat = os.path.realpath(web_catalog)
+    assert fake.commands[-1] == f"startset db a {cat}/a 16384 4 b {cat}/b 16384 4"
+    snaps = [web_ctl.snapshot(n) for n in ("a", "b")]
+    assert [(s.state.value, s.set_name) for s in snaps] == [("active", "db")] * 2
+    assert snaps[0].start_time_ns == snaps[1].start_time_ns
+    assert (web_catalog / "a").is_dir() and (web_catalog / "b").is_dir()
+    body = text(r)
+    assert "set db: a, b active at one point in time" in body
+    assert 'id="set-step"' not in body                 # nothing left to start together
+    # the devices table: the set's members under one header, the lone snapshot outside it
+    table = text(web_client.get("/devices", headers=HX))
+    group = table[table.index('id="set-group-db"'):]
+    group = group[:group.index("</tbody>")]
+    assert 'class="set-head"' in group and "set <code>db</code>:" in group
+    assert "2 snapshots at one point in time" in group
+    assert 'id="dev-a"' in group and 'id="dev-b"' in group and 'id="dev-alone"' not in group
+    assert table.index('id="dev-alone"') < table.index('id="set-group-db"')
+    panel = text(web_client.get("/lifecycle", headers=HX))
+    assert panel.count(", set <code>db</code>") == 2                   # each member says so
+
+
+@pytest.mark.parametrize("data,message", [
+    ({"member": []}, "no snapshot is ticked"),
+    ({"member": ["a", "bad name"]}, "invalid snapshot name 'bad name'"),
+    ({"member": ["a", "ghost"]}, "no snapshot named ghost"),
+    ({"set_name": "bad/set"}, "invalid set name 'bad/set'"),
+    ({"set_name": "alone"}, "a snapshot is named alone"),
+    ({"member": ["a", "alone"]}, "alone is already active"),
+    ({"catalog": "/etc"}, "catalog /etc is not in"),
+    ({"catalog": "{cat}/nope"}, "catalog root {cat}/nope is not an existing folder"),
+    ({"file_mib": "0"}, "file size (MiB) 0 is out of range"),
+])
+def test_start_set_refused_input(web_client, web_ctl, fake, web_catalog, data, message):
+    make_active(web_ctl, web_catalog, "alone", "/dev/loop0")
+    web_ctl.create("a", "/dev/vdb1")
+    web_ctl.create("b", "/dev/vdb2")
+    cat = os.path.realpath(web_catalog)
+    form = set_form(web_catalog)
+    form.update({k: v.replace("{cat}", cat) if isinstance(v, str) else v
+                 for k, v in data.items()})
+    before = sorted(os.listdir(web_catalog))
+    r = post(web_client, "/sets", form, htmx=True)
+    assert r.status_code == 422
+    assert message.replace("{cat}", cat) in text(r)
+    assert 'data-for="set"' in text(r)
+    assert not any(c.startswith("startset") for c in fake.commands)
+    assert [web_ctl.snapshot(n).state.value for n in ("a", "b")] == ["created"] * 2
+    assert sorted(os.listdir(web_catalog)) == before          # no folder made for a refusal
+
+
+def test_start_set_refused_by_the_module_starts_none(web_client, web_ctl, fake, web_catalog,
+                                                     monkeypatch):
+    web_ctl.create("a", "/dev/vdb1")
+    web_ctl.create("b", "/dev/vdb2")
+
+    def prepare(catalog):
+        if catalog.endswith("/b"):
+            raise OSError(errno.EXDEV, catalog)
+
+    monkeypatch.setattr(fake, "_prepare_member", prepare)
+    r = post(web_client, "/sets", set_form(web_catalog), htmx=True)
+    assert r.status_code == 422
+    assert "set db not started: member b:" in text(r) and 'data-for="set"' in text(r)
+    assert [web_ctl.snapshot(n).state.value for n in ("a", "b")] == ["created"] * 2
+    assert os.listdir(web_catalog) == []                     # the folders it made are gone
+    assert re.search(r'id="member-a"\s+checked', text(r))        # the ticks are kept
+
+
+def test_start_set_catalog_link_out_of_the_roots_is_refused(web_client, web_ctl, fake,
+                                                           web_catalog, tmp_path):
+    web_ctl.create("a", "/dev/vdb1")
+    web_ctl.create("b", "/dev/vdb2")
+    (tmp_path / "outside").mkdir()
+    os.symlink(tmp_path / "outside", web_catalog / "b")
+    r = post(web_client, "/sets", set_form(web_catalog), htmx=True)
+    assert r.status_code == 422 and "is not in" in text(r)
+    assert os.listdir(tmp_path / "outside") == []
+    assert not any(c.startswith("startset") for c in fake.commands)
+
+
 # ---- mount / umount ------------------------------------------------------------------------------
 def test_mount_and_umount(web_client, web_ctl, fake, web_catalog, web_mnt):
     make_active(web_ctl, web_catalog)
@@ -487,7 +593,7 @@ def test_failed_snapshot_widget(web_client, web_ctl, fake, web_catalog):
 
 
 # ---- methods, CSRF, Host, Origin ---------------------------------------------------------------
-POST_ROUTES = ["/module/load", "/module/unload", "/snapshots", "/snapshots/s/start",
+POST_ROUTES = ["/module/load", "/module/unload", "/snapshots", "/snapshots/s/start", "/sets",
                "/snapshots/s/mount", "/snapshots/s/umount", "/snapshots/s/remove", "/logout"]
 
 
@@ -510,7 +616,7 @@ def test_csrf_header_is_accepted(web_client, web_ctl):
     assert r.status_code == 200 and web_ctl.names() == ["s"]
 
 
-@pytest.mark.parametrize("url", ["/module/load", "/snapshots", "/snapshots/s/start",
+@pytest.mark.parametrize("url", ["/module/load", "/snapshots", "/snapshots/s/start", "/sets",
                                  "/snapshots/s/mount", "/snapshots/s/umount"])
 def test_state_changes_are_post_only(web_client, fake, url):
     r = web_client.get(url + "?total=4&name=s&origin=/dev/vdb1")
@@ -872,3 +978,25 @@ def test_cblb_web_bad_bind_is_usage(capsys):
         cli.main(["web", "--bind", "nowhere:80"])
     assert e.value.code == 2
     assert "give an IP address" in capsys.readouterr().err
+
+
+# ---- changed-block tracking (kmod/doc/CBT.md) ----------------------------------------------------
+def test_tracking_table_json_and_metrics(web_client, web_ctl, fake, web_catalog):
+    body = text(web_client.get("/devices", headers=HX))
+    assert 'id="tracking"' not in body                    # nothing tracked yet
+    make_active(web_ctl, web_catalog)
+    fake.write_origin("/dev/vdb1", 0, b"x" * 3 * 4096)    # after the point in time
+    gen = web_ctl.tracking()[0].generation
+    body = text(web_client.get("/devices", headers=HX))
+    row = re.search(r'<tr id="track-vdb1">(.*?)</tr>', body, re.S)
+    assert row, body
+    cells = [re.sub(r"<[^>]+>", "", c).strip() for c in re.findall(r"<td[^>]*>(.*?)</td>",
+                                                                  row.group(1), re.S)]
+    assert cells[:4] == ["/dev/vdb1", gen[:8], "1", "12.0 KiB"] and cells[-1] == "shadow"
+    assert f'title="{gen}"' in row.group(1)
+    j = web_client.get("/api/status").get_json()
+    assert j["tracking"][0]["generation"] == gen and j["tracking"][0]["changed_bytes"] == 3 * 4096
+    assert j["snapshots"][0]["cbt_sequence"] == 1
+    m = text(web_client.get("/metrics"))
+    assert f'cblb_tracking_sequence{{disk="vdb1",generation="{gen}"}} 1.0' in m
+    assert f'cblb_tracking_changed_bytes{{disk="vdb1",generation="{gen}"}} 12288.0' in m

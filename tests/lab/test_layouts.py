@@ -100,7 +100,9 @@ def test_seed_walkthrough_catalog_in_memory(scratch_fs: ScratchFs, mount_dir: Pa
     try:
         fill_files(fs.mnt / "docs", 6, 4)
         before = tree_checksums(fs.mnt / "docs")
-        oracle_of(ctl, fs, "memcat", catalog, oracle, 2048, 64)      # 1 MiB files
+        # 2 MiB files, 128 MiB in all: the writes below copy 50-64 MiB (24 MiB of
+        # rewrites landing on new blocks, 24 MiB of new files, the journal, metadata).
+        oracle_of(ctl, fs, "memcat", catalog, oracle, 4096, 64)
         assert attr("memcat", "state") == "active"
         for f in (fs.mnt / "docs").iterdir():                         # the app goes on
             f.write_bytes(os.urandom(4 << 20))

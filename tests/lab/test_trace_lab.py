@@ -1,6 +1,8 @@
 """cblb trace against the real module and block layer (run inside the lab guest).
 
-Tolerance for the write counts: none. fio writes a raw loop device with O_DIRECT, 4 KiB
+Tolerance for the write counts: only the probe runs the kernel says it skipped (the
+record's ``missed``: a BPF program does not run while another runs on its CPU, so an I/O
+completion interrupting a probe goes uncounted). fio writes a raw loop device with O_DIRECT, 4 KiB
 blocks, iodepth 1 and the psync engine: every write is one bio and one request (4 KiB is
 never split, and with one write in flight nothing can merge), and nothing else writes a
 loop device that holds no filesystem. So the histogram must count exactly fio's
@@ -83,9 +85,9 @@ def test_histogram_counts_fio_writes_and_cow_matches_sysfs(attached: Tracer, raw
     rec = attached.sample()
     d = rec["per_device"][dev]
     assert fio["total_ios"] == N_WRITES
-    assert d["write_count"] == N_WRITES, d
-    assert sum(n for _lo, _hi, n in d["write_hist_us"]) == N_WRITES
-    assert d["write_bytes"] == N_WRITES * 4096
+    assert N_WRITES - rec["missed"] <= d["write_count"] <= N_WRITES, (d, rec["missed"])
+    assert sum(n for _lo, _hi, n in d["write_hist_us"]) == d["write_count"]
+    assert d["write_bytes"] == d["write_count"] * 4096
     assert d["write_iops"] > 0 and d["write_mb_s"] > 0
     assert 0 < d["p50_us"] <= d["p99_us"]
     assert rec["cow"]["chunks"] == 0
@@ -99,10 +101,14 @@ def test_histogram_counts_fio_writes_and_cow_matches_sysfs(attached: Tracer, raw
     snap = cblb_module.snapshot("trace-t1")
     d2 = rec2["per_device"][dev]
     assert fio2["total_ios"] == N_WRITES
-    assert d2["write_count"] == N_WRITES, d2
+    print(f"probe runs the kernel skipped: {rec['missed']} without, {rec2['missed']} with "
+          "the snapshot")
+    assert N_WRITES - rec2["missed"] <= d2["write_count"] <= N_WRITES, (d2, rec2["missed"])
     cow_total = rec2["cow"]["snapshots"]["trace-t1"]
-    assert cow_total["chunks"] == snap.cow_chunks == N_WRITES
-    assert cow_total["bytes"] == snap.cow_bytes
+    assert snap.cow_chunks == N_WRITES
+    # One cblb_cow event per batch: a skipped run loses at most a batch of chunks.
+    assert snap.cow_chunks - 256 * rec2["missed"] <= cow_total["chunks"] <= snap.cow_chunks
+    assert cow_total["bytes"] == cow_total["chunks"] * snap.chunk_size
     assert cow_total["files"] == snap.files_used >= 1
     assert rec2["cow"]["copy_ns"] > 0
     assert d2["read_count"] > 0  # the copies read the origin

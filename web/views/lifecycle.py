@@ -1,4 +1,5 @@
-"""The snapshot lifecycle, one POST each: load, unload, create, start, mount, umount, remove.
+"""The snapshot lifecycle, one POST each: load, unload, create, start, start several created
+snapshots as one set (one point in time), mount, umount, remove.
 
 Every value from a form goes to the control library, which validates it and says what to do
 when it refuses; the refusal is shown inline beside the form (HTTP 422). The page adds only
@@ -29,16 +30,18 @@ from flask import (
     url_for,
 )
 
-from cblb.control import MAX_FILES, MAX_TOTAL, SECTOR, validate_name
+from cblb.control import MAX_FILES, MAX_TOTAL, SECTOR, SetMember, validate_name
 from cblb.errors import CblbError
+from cblb.oneshot import check_set_name_free, default_set_name
 
 from .. import htmx
-from ..policy import check_catalog_dir, check_mount_dir, within
+from ..policy import check_catalog_dir, check_mount_dir, member_catalogs, within
 from . import Problem, controller, module_status, remember_panel, session_id, signature
 
 bp = Blueprint("lifecycle", __name__)
 
 MIB_BLOCKS = 2**20 // SECTOR
+SET_FORM_MIN = 2          # created snapshots before the page offers to start them as a set
 
 
 # ---- input ---------------------------------------------------------------------------
@@ -84,7 +87,7 @@ def defaults() -> dict[str, Any]:
             "catalog_roots": c["CBLB_CATALOG_ROOTS"], "mount_roots": c["CBLB_MOUNT_ROOTS"],
             "max_files": c["CBLB_DEFAULT_MAX_FILES"], "total": c["CBLB_DEFAULT_TOTAL"],
             "mount_root": c["CBLB_MOUNT_ROOTS"][0].rstrip("/") + "/cblb",
-            "max_total": MAX_TOTAL}
+            "max_total": MAX_TOTAL, "set_form_min": SET_FORM_MIN}
 
 
 def panel_context(problem: Problem | None = None, confirm: str = "") -> dict[str, Any]:
@@ -94,8 +97,9 @@ def panel_context(problem: Problem | None = None, confirm: str = "") -> dict[str
     if problem is not None:
         key, _, name = problem.key.partition(":")
         # An error is shown beside its form; one whose form is not on the page goes on top.
+        startable = sum(1 for s in st.snapshots if s.can_start)
         orphan = (name and name not in names) or (key in ("create", "unload") and not st.loaded) \
-            or (key == "load" and st.loaded)
+            or (key == "load" and st.loaded) or (key == "set" and startable < SET_FORM_MIN)
     session_id()
     remember_panel(signature(st))
     return {"st": st, "read_error": read_error, "problem": problem, "problem_orphan": orphan,
@@ -217,6 +221,43 @@ def start(name: str) -> Any:
         return (f"{s.name}: active; /dev/{s.name} is the snapshot of {s.origin} "
                 f"(start took {s.start_latency_us / 1000:.1f} ms)")
     return act(f"start:{name}", run)
+
+
+@bp.post("/sets")
+def start_set() -> Any:
+    """Start the ticked created snapshots at one point in time (startset). Each member's temp
+    files go in <catalog root>/<name> (web/policy.py); the sizes apply to each member."""
+    def run() -> str:
+        ctl = controller()
+        names = [n.strip() for n in request.form.getlist("member")]
+        if not names:
+            raise CblbError("no snapshot is ticked: tick the created snapshots to start at "
+                            "one point in time", E.EINVAL)
+        for n in names:
+            validate_name(n)
+        set_name = request.form.get("set_name", "").strip() or default_set_name(names)
+        validate_name(set_name, "set")
+        root = _text("catalog", "catalog root")
+        mib = _int("file_mib", "file size (MiB)", 1, (2**31 - 1) // MIB_BLOCKS)
+        files = _int("max_files", "max files", 1, MAX_FILES)
+        check_set_name_free(ctl, set_name)
+        for n in names:                      # before any folder is made for them
+            ctl.snapshot(n).require("start")
+        catalogs = member_catalogs(root, names, current_app.config["CBLB_CATALOG_ROOTS"])
+        try:
+            snaps = ctl.start_set(set_name, [SetMember(n, cat, mib * MIB_BLOCKS, files)
+                                             for n, (cat, _made) in zip(names, catalogs)])
+        except CblbError:
+            for cat, made in catalogs:
+                if made:
+                    try:
+                        os.rmdir(cat)
+                    except OSError:
+                        pass
+            raise
+        return (f"set {set_name}: {', '.join(s.name for s in snaps)} active at one point in "
+                "time")
+    return act("set", run)
 
 
 @bp.post("/snapshots/<name>/mount")

@@ -75,6 +75,23 @@ class CblbCollector:
             fams["start_latency"].add_metric(lv, s.start_latency_us / 1e6)
             fams["start_time"].add_metric(lv, s.start_time_ns / 1e9)
         yield from fams.values()
+        tl = ["disk", "generation"]
+        track = {
+            "sequence": GaugeMetricFamily("cblb_tracking_sequence", "changed-block tracking: "
+                                          "sequence number of the origin's last start",
+                                          labels=tl),
+            "changed": GaugeMetricFamily("cblb_tracking_changed_bytes", "bytes written to the "
+                                         "origin since its last start (whole map blocks)",
+                                         labels=tl),
+            "memory": GaugeMetricFamily("cblb_tracking_memory_bytes", "kernel memory of the "
+                                        "origin's two change maps", labels=tl),
+        }
+        for t in st.tracking:
+            lv = [t.disk, t.generation]
+            track["sequence"].add_metric(lv, t.sequence)
+            track["changed"].add_metric(lv, t.changed_bytes)
+            track["memory"].add_metric(lv, t.memory_bytes)
+        yield from track.values()
         io = self.app.extensions["cblb_history"].latest_io()
         tput = GaugeMetricFamily("cblb_origin_write_bytes_per_second",
                                  "origin write throughput, last interval", labels=["device"])

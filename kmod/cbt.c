@@ -1,0 +1,622 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Changed-block tracking: per origin, which blocks were written between two starts
+ * (design and interface: doc/CBT.md).
+ *
+ * Lock story:
+ * - cbt_list and the tracking hash are changed under cblb_registry_lock; the hash is
+ *   read under RCU by the ftrace handler (cblb_cbt_mark), which never sleeps and takes
+ *   no lock. A tracked origin leaves the hash, then an RCU grace period passes, before
+ *   it is freed.
+ * - c->state (which map is current, whether both are marked) is written under
+ *   cblb_registry_lock by start.c's rotation with release semantics and read by the
+ *   handler with acquire semantics. The maps' bits are set atomically from any context;
+ *   a map is cleared or re-made only while it is neither current nor marked (rotation,
+ *   under cblb_registry_lock, an RCU grace period after it stopped being marked).
+ * - c->lock (mutex) protects generation and sequence, and the maps' pointers and size
+ *   against sysfs readers (a restart re-makes the maps; the handler cannot see a cbt
+ *   then, it is out of the hash). Taken in process context only.
+ * - c->snap (the snapshot on this origin, at most one) is protected by
+ *   cblb_registry_lock; untrack is refused while it is set.
+ */
+#define pr_fmt(fmt) "cblb: " fmt
+
+#include <linux/bitmap.h>
+#include <linux/blkdev.h>
+#include <linux/hashtable.h>
+#include <linux/kobject.h>
+#include <linux/log2.h>
+#include <linux/mm.h>
+#include <linux/module.h>
+#include <linux/mutex.h>
+#include <linux/rculist.h>
+#include <linux/slab.h>
+#include <linux/uuid.h>
+#include "cblb.h"
+
+/* c->state: bit 0 is the current map's index; DUAL marks the other map as well. */
+#define CBT_DUAL	2
+/* At most 2^27 bits (16 MiB) per map, so two maps cost at most 32 MiB per origin. */
+#define CBT_MAX_BITS_SHIFT	27
+
+static DEFINE_HASHTABLE(cbt_hash, 6);	/* by gendisk; RCU, writers hold the registry lock */
+static LIST_HEAD(cbt_list);		/* Protected by cblb_registry_lock */
+static struct kobject *tracking_kobj;	/* /sys/kernel/cblb/tracking; registry lock */
+atomic_t cblb_nr_cbt = ATOMIC_INIT(0);
+
+struct cblb_cbt {
+	struct hlist_node hash_node;	/* cbt_hash (RCU) */
+	struct list_head node;		/* cbt_list (cblb_registry_lock) */
+	struct kobject kobj;
+	dev_t dev;
+	struct gendisk *disk;		/* referenced, and its driver module, while tracked */
+	sector_t start, sectors;	/* absolute first sector on disk, length */
+	u64 diskseq;
+	unsigned int block_shift;	/* log2 of bytes per bit; lock for sysfs */
+	unsigned long nbits;		/* lock for sysfs */
+	unsigned long *map[2];		/* lock for sysfs */
+	int state;			/* see above: release/acquire */
+	struct cblb_snapshot *snap;	/* Protected by cblb_registry_lock */
+	struct mutex lock;
+	uuid_t generation;		/* Protected by lock */
+	u64 sequence;			/* Protected by lock */
+};
+
+static struct cblb_cbt *to_cbt(struct kobject *kobj)
+{
+	return container_of(kobj, struct cblb_cbt, kobj);
+}
+
+/* ---- marking: from the ftrace handler, any context, never sleeps ---- */
+
+/* Set bits [first, last] of map, word by word (one atomic per word not yet all set). */
+static void mark_bits(unsigned long *map, unsigned long first, unsigned long last)
+{
+	unsigned long w = BIT_WORD(first), lw = BIT_WORD(last);
+
+	for (; w <= lw; w++) {
+		unsigned long mask = ~0UL;
+
+		if (w == BIT_WORD(first))
+			mask &= BITMAP_FIRST_WORD_MASK(first);
+		if (w == lw)
+			mask &= BITMAP_LAST_WORD_MASK(last + 1);
+		if ((READ_ONCE(map[w]) & mask) != mask)
+			atomic_long_or(mask, (atomic_long_t *)&map[w]);
+	}
+}
+
+/*
+ * Mark the blocks a modifying bio touches in every tracked origin it meets. First call
+ * (again = false): the maps the state names now. Second call (again = true), made only
+ * when the snapshot of the bio's origin is past its gate (the write is copied): the
+ * state is read again and the map that is, or is becoming, current is marked too. See
+ * doc/CBT.md for why this puts every write on the right side of the point in time.
+ */
+void cblb_cbt_mark(struct bio *bio, bool again)
+{
+	struct gendisk *disk = cblb_bio_disk(bio);
+	sector_t start = cblb_bio_disk_sector(bio), end = start + bio_sectors(bio);
+	struct cblb_cbt *c;
+
+	rcu_read_lock();
+	hash_for_each_possible_rcu(cbt_hash, c, hash_node, (unsigned long)disk) {
+		sector_t lo, hi;
+		unsigned long first, last;
+		int st;
+
+		if (c->disk != disk || end <= c->start || start >= c->start + c->sectors)
+			continue;
+		lo = max(start, c->start) - c->start;
+		hi = min(end, c->start + c->sectors) - c->start;
+		first = (lo << SECTOR_SHIFT) >> c->block_shift;
+		last = (((hi - 1) << SECTOR_SHIFT)) >> c->block_shift;
+		st = smp_load_acquire(&c->state);
+		if (!again) {
+			mark_bits(c->map[st & 1], first, last);
+			if (st & CBT_DUAL)
+				mark_bits(c->map[!(st & 1)], first, last);
+		} else {
+			mark_bits(c->map[(st & CBT_DUAL) ? !(st & 1) : (st & 1)], first, last);
+		}
+	}
+	rcu_read_unlock();
+}
+
+/* ---- sysfs: /sys/kernel/cblb/tracking/<disk name>/ ---- */
+
+static ssize_t dev_show(struct kobject *kobj, struct kobj_attribute *a, char *buf)
+{
+	struct cblb_cbt *c = to_cbt(kobj);
+
+	return sysfs_emit(buf, "%u:%u\n", MAJOR(c->dev), MINOR(c->dev));
+}
+
+static ssize_t generation_show(struct kobject *kobj, struct kobj_attribute *a, char *buf)
+{
+	struct cblb_cbt *c = to_cbt(kobj);
+	uuid_t g;
+
+	mutex_lock(&c->lock);
+	g = c->generation;
+	mutex_unlock(&c->lock);
+	return sysfs_emit(buf, "%pUb\n", &g);
+}
+
+static ssize_t sequence_show(struct kobject *kobj, struct kobj_attribute *a, char *buf)
+{
+	struct cblb_cbt *c = to_cbt(kobj);
+	u64 seq;
+
+	mutex_lock(&c->lock);
+	seq = c->sequence;
+	mutex_unlock(&c->lock);
+	return sysfs_emit(buf, "%llu\n", (unsigned long long)seq);
+}
+
+static ssize_t block_size_show(struct kobject *kobj, struct kobj_attribute *a, char *buf)
+{
+	struct cblb_cbt *c = to_cbt(kobj);
+	unsigned long v;
+
+	mutex_lock(&c->lock);
+	v = 1UL << c->block_shift;
+	mutex_unlock(&c->lock);
+	return sysfs_emit(buf, "%lu\n", v);
+}
+
+static ssize_t size_sectors_show(struct kobject *kobj, struct kobj_attribute *a, char *buf)
+{
+	struct cblb_cbt *c = to_cbt(kobj);
+	u64 v;
+
+	mutex_lock(&c->lock);
+	v = c->sectors;
+	mutex_unlock(&c->lock);
+	return sysfs_emit(buf, "%llu\n", (unsigned long long)v);
+}
+
+/* Blocks written since the last start: the current map's weight (a moving count). */
+static ssize_t changed_blocks_show(struct kobject *kobj, struct kobj_attribute *a, char *buf)
+{
+	struct cblb_cbt *c = to_cbt(kobj);
+	unsigned int n;
+
+	mutex_lock(&c->lock);
+	n = bitmap_weight(c->map[smp_load_acquire(&c->state) & 1], c->nbits);
+	mutex_unlock(&c->lock);
+	return sysfs_emit(buf, "%u\n", n);
+}
+
+static ssize_t memory_bytes_show(struct kobject *kobj, struct kobj_attribute *a, char *buf)
+{
+	struct cblb_cbt *c = to_cbt(kobj);
+	size_t v;
+
+	mutex_lock(&c->lock);
+	v = 2 * BITS_TO_LONGS(c->nbits) * sizeof(long);
+	mutex_unlock(&c->lock);
+	return sysfs_emit(buf, "%zu\n", v);
+}
+
+static struct kobj_attribute cbt_dev_attr = __ATTR_RO(dev);
+static struct kobj_attribute cbt_generation_attr = __ATTR_RO(generation);
+static struct kobj_attribute cbt_sequence_attr = __ATTR_RO(sequence);
+static struct kobj_attribute cbt_block_size_attr = __ATTR_RO(block_size);
+static struct kobj_attribute cbt_size_sectors_attr = __ATTR_RO(size_sectors);
+static struct kobj_attribute cbt_changed_blocks_attr = __ATTR_RO(changed_blocks);
+static struct kobj_attribute cbt_memory_bytes_attr = __ATTR_RO(memory_bytes);
+
+static struct attribute *cbt_attrs[] = {
+	&cbt_dev_attr.attr, &cbt_generation_attr.attr, &cbt_sequence_attr.attr,
+	&cbt_block_size_attr.attr, &cbt_size_sectors_attr.attr,
+	&cbt_changed_blocks_attr.attr, &cbt_memory_bytes_attr.attr,
+	NULL,
+};
+ATTRIBUTE_GROUPS(cbt);
+
+static void cbt_free_maps(struct cblb_cbt *c)
+{
+	kvfree(c->map[0]);
+	kvfree(c->map[1]);
+	c->map[0] = c->map[1] = NULL;
+}
+
+/* Hold the disk (and its driver's code, which frees it) while it is tracked. */
+static void cbt_hold_disk(struct cblb_cbt *c, struct gendisk *disk)
+{
+	__module_get(disk->fops->owner);
+	get_device(disk_to_dev(disk));
+	c->disk = disk;
+}
+
+static void cbt_drop_disk(struct cblb_cbt *c)
+{
+	struct module *owner;
+
+	if (!c->disk)
+		return;
+	owner = c->disk->fops->owner;
+	put_disk(c->disk);
+	module_put(owner);
+	c->disk = NULL;
+}
+
+static void cbt_release(struct kobject *kobj)
+{
+	struct cblb_cbt *c = to_cbt(kobj);
+
+	cbt_free_maps(c);
+	cbt_drop_disk(c);
+	kfree(c);
+}
+
+static const struct kobj_type cbt_ktype = {
+	.release = cbt_release,
+	.sysfs_ops = &kobj_sysfs_ops,
+	.default_groups = cbt_groups,
+};
+
+/* ---- life of a tracked origin: under cblb_registry_lock ---- */
+
+/* Size the maps for sectors and allocate them cleared; a new generation begins. */
+static int cbt_begin(struct cblb_cbt *c, struct block_device *bdev)
+{
+	u64 bytes = (u64)bdev_nr_sectors(bdev) << SECTOR_SHIFT;
+	unsigned int shift = CBLB_CHUNK_SHIFT;
+	unsigned long *m0, *m1;
+	unsigned long nbits;
+
+	while (DIV_ROUND_UP_ULL(bytes, 1ULL << shift) > (1ULL << CBT_MAX_BITS_SHIFT))
+		shift++;
+	nbits = DIV_ROUND_UP_ULL(bytes, 1ULL << shift);
+	m0 = kvzalloc(BITS_TO_LONGS(nbits) * sizeof(long), GFP_KERNEL);
+	m1 = kvzalloc(BITS_TO_LONGS(nbits) * sizeof(long), GFP_KERNEL);
+	if (!m0 || !m1) {
+		kvfree(m0);
+		kvfree(m1);
+		return -ENOMEM;
+	}
+	/* Not in the hash, or out of it for a grace period: nobody marks the old maps. */
+	mutex_lock(&c->lock);
+	swap(c->map[0], m0);
+	swap(c->map[1], m1);
+	c->nbits = nbits;
+	c->block_shift = shift;
+	c->start = cblb_bdev_start(bdev);
+	c->sectors = bdev_nr_sectors(bdev);
+	c->diskseq = cblb_diskseq(bdev->bd_disk);
+	smp_store_release(&c->state, 0);
+	uuid_gen(&c->generation);
+	c->sequence = 0;
+	mutex_unlock(&c->lock);
+	kvfree(m0);	/* the old maps, if any */
+	kvfree(m1);
+	return 0;
+}
+
+/* The same disk (not one re-made under the device number), medium, place and size. */
+static bool cbt_same_origin(struct cblb_cbt *c, struct block_device *bdev)
+{
+	return c->disk == bdev->bd_disk && c->start == cblb_bdev_start(bdev) &&
+	       c->sectors == bdev_nr_sectors(bdev) &&
+	       c->diskseq == cblb_diskseq(bdev->bd_disk);
+}
+
+static struct cblb_cbt *cbt_find(dev_t dev)
+{
+	struct cblb_cbt *c;
+
+	lockdep_assert_held(&cblb_registry_lock);
+	list_for_each_entry(c, &cbt_list, node)
+		if (c->dev == dev)
+			return c;
+	return NULL;
+}
+
+static void cbt_hash_add(struct cblb_cbt *c)
+{
+	hash_add_rcu(cbt_hash, &c->hash_node, (unsigned long)c->disk);
+	atomic_inc(&cblb_nr_cbt);
+}
+
+static void cbt_hash_del(struct cblb_cbt *c)
+{
+	hash_del_rcu(&c->hash_node);
+	atomic_dec(&cblb_nr_cbt);
+}
+
+/* A tracked origin changed under us (resize, new medium): out of the hash, new maps. */
+static int cbt_restart(struct cblb_cbt *c, struct block_device *bdev)
+{
+	int err;
+
+	lockdep_assert_held(&cblb_registry_lock);
+	pr_info("%s: the origin changed (size or medium); tracking restarts with a new generation\n",
+		kobject_name(&c->kobj));
+	cbt_hash_del(c);
+	synchronize_rcu();
+	err = cbt_begin(c, bdev);
+	if (!err && c->disk != bdev->bd_disk) {	/* the device was re-made */
+		cbt_drop_disk(c);
+		cbt_hold_disk(c, bdev->bd_disk);
+	}
+	cbt_hash_add(c);	/* on failure the old maps stay, and the old generation */
+	return err;
+}
+
+/* Untrack: out of the hash, and freed once no handler can see it. */
+static void cbt_destroy(struct cblb_cbt *c)
+{
+	lockdep_assert_held(&cblb_registry_lock);
+	list_del(&c->node);
+	cbt_hash_del(c);
+	synchronize_rcu();
+	kobject_del(&c->kobj);
+	kobject_put(&c->kobj);
+}
+
+/*
+ * Another device had bdev's name (a disk unplugged while tracked, its name given to a
+ * new one with another number): its tracking ends, unless a snapshot holds it.
+ */
+static bool cbt_drop_stale_name(struct block_device *bdev)
+{
+	char name[BDEVNAME_SIZE];
+	struct cblb_cbt *c;
+
+	lockdep_assert_held(&cblb_registry_lock);
+	snprintf(name, sizeof(name), "%pg", bdev);
+	list_for_each_entry(c, &cbt_list, node) {
+		if (c->dev != bdev->bd_dev && !c->snap && !strcmp(kobject_name(&c->kobj), name)) {
+			cbt_destroy(c);
+			return true;
+		}
+	}
+	return false;
+}
+
+/* The tracked origin of bdev, made (tracking begins) if there is none. */
+static struct cblb_cbt *cbt_get(struct block_device *bdev, int *errp)
+{
+	struct cblb_cbt *c = cbt_find(bdev->bd_dev);
+	int err;
+
+	lockdep_assert_held(&cblb_registry_lock);
+	if (c) {
+		*errp = cbt_same_origin(c, bdev) ? 0 : cbt_restart(c, bdev);
+		return *errp ? NULL : c;
+	}
+	if (!tracking_kobj) {
+		tracking_kobj = kobject_create_and_add("tracking", cblb_kobj);
+		if (!tracking_kobj) {
+			*errp = -ENOMEM;
+			return NULL;
+		}
+	}
+	c = kzalloc(sizeof(*c), GFP_KERNEL);
+	if (!c) {
+		*errp = -ENOMEM;
+		return NULL;
+	}
+	mutex_init(&c->lock);
+	c->dev = bdev->bd_dev;
+	kobject_init(&c->kobj, &cbt_ktype);	/* from here, kobject_put frees c */
+	err = cbt_begin(c, bdev);
+	if (err)
+		goto fail;
+	cbt_hold_disk(c, bdev->bd_disk);
+	err = kobject_add(&c->kobj, tracking_kobj, "%pg", bdev);
+	if (err == -EEXIST && cbt_drop_stale_name(bdev))
+		err = kobject_add(&c->kobj, tracking_kobj, "%pg", bdev);
+	if (err)
+		goto fail;
+	list_add_tail(&c->node, &cbt_list);
+	cbt_hash_add(c);
+	*errp = 0;
+	return c;
+
+fail:
+	kobject_put(&c->kobj);
+	*errp = err;
+	return NULL;
+}
+
+
+/* create: the snapshot's origin is tracked (tracking begins here if needed). */
+int cblb_cbt_attach(struct cblb_snapshot *s)
+{
+	int err;
+	struct cblb_cbt *c = cbt_get(s->origin.bdev, &err);
+
+	if (!c)
+		return err;
+	c->snap = s;
+	s->cbt = c;
+	return 0;
+}
+
+void cblb_cbt_detach(struct cblb_cbt *c)
+{
+	lockdep_assert_held(&cblb_registry_lock);
+	if (c)
+		c->snap = NULL;
+}
+
+/* ---- rotation at the point in time (start.c, doc/CBT.md) ---- */
+
+/* Before any freeze: the origin is still the one tracked; the next map is clear. */
+int cblb_cbt_prepare(struct cblb_snapshot *s)
+{
+	struct cblb_cbt *c = s->cbt;
+	int err = 0;
+
+	lockdep_assert_held(&cblb_registry_lock);
+	if (!cbt_same_origin(c, s->origin.bdev))
+		err = cbt_restart(c, s->origin.bdev);
+	if (err)
+		return err;
+	/* Nobody marks it: it stopped being current (and dual) a grace period ago. */
+	bitmap_zero(c->map[!(c->state & 1)], c->nbits);
+	return 0;
+}
+
+/* Just before the gate opens: writes go to both maps. */
+void cblb_cbt_dual(struct cblb_snapshot *s)
+{
+	struct cblb_cbt *c = s->cbt;
+
+	lockdep_assert_held(&cblb_registry_lock);
+	smp_store_release(&c->state, (c->state & 1) | CBT_DUAL);
+}
+
+/* Just after the gate opened: the other map is current, this start's map is frozen. */
+void cblb_cbt_flip(struct cblb_snapshot *s)
+{
+	struct cblb_cbt *c = s->cbt;
+
+	lockdep_assert_held(&cblb_registry_lock);
+	smp_store_release(&c->state, !(c->state & 1));
+	mutex_lock(&c->lock);
+	c->sequence++;
+	s->cbt_generation = c->generation;
+	s->cbt_sequence = c->sequence;
+	mutex_unlock(&c->lock);
+}
+
+/*
+ * After the thaw and an RCU grace period (no handler marks the frozen map any more):
+ * count it for the snapshot.
+ */
+void cblb_cbt_frozen(struct cblb_snapshot *s)
+{
+	struct cblb_cbt *c = s->cbt;
+
+	mutex_lock(&c->lock);
+	s->cbt_changed = bitmap_weight(c->map[!(c->state & 1)], c->nbits);
+	WRITE_ONCE(s->cbt_ready, true);
+	mutex_unlock(&c->lock);
+}
+
+/*
+ * A start undone after its flip: the frozen map goes back into the current one (ORed
+ * word by word, as the handler marks it), and the sequence number is given back.
+ * Caller waited for an RCU grace period after the flip.
+ */
+void cblb_cbt_unflip(struct cblb_snapshot *s)
+{
+	struct cblb_cbt *c = s->cbt;
+	unsigned long *cur = c->map[c->state & 1], *old = c->map[!(c->state & 1)];
+	unsigned long w;
+
+	lockdep_assert_held(&cblb_registry_lock);
+	for (w = 0; w < BITS_TO_LONGS(c->nbits); w++)
+		if (old[w])
+			atomic_long_or(old[w], (atomic_long_t *)&cur[w]);
+	mutex_lock(&c->lock);
+	c->sequence--;
+	WRITE_ONCE(s->cbt_ready, false);
+	mutex_unlock(&c->lock);
+	s->cbt_sequence = 0;
+	uuid_copy(&s->cbt_generation, &uuid_null);
+	s->cbt_changed = 0;
+}
+
+unsigned int cblb_cbt_block_size(struct cblb_snapshot *s)
+{
+	return 1U << s->cbt->block_shift;
+}
+
+/* pread of the snapshot's frozen map (the cbt_map attribute). */
+ssize_t cblb_cbt_read_map(struct cblb_snapshot *s, char *buf, loff_t off, size_t count)
+{
+	struct cblb_cbt *c = s->cbt;
+	size_t size;
+
+	mutex_lock(&c->lock);
+	size = BITS_TO_LONGS(c->nbits) * sizeof(long);
+	if (!READ_ONCE(s->cbt_ready) || off >= size) {
+		count = 0;
+	} else {
+		count = min_t(size_t, count, size - off);
+		memcpy(buf, (char *)c->map[!(c->state & 1)] + off, count);
+	}
+	mutex_unlock(&c->lock);
+	return count;
+}
+
+/* ---- commands ---- */
+
+int cblb_cmd_track(const char *path)
+{
+	struct cblb_bdev h = {};
+	dev_t dev;
+	int err;
+
+	err = cblb_lookup_bdev(path, &dev);
+	if (err) {
+		pr_notice_ratelimited("track: %s is not a block device (%d)\n", path, err);
+		return err;
+	}
+	mutex_lock(&cblb_registry_lock);
+	if (cbt_find(dev)) {
+		pr_notice_ratelimited("track: %s is tracked already\n", path);
+		err = -EEXIST;
+		goto out_unlock;
+	}
+	err = cblb_bdev_open(dev, &h);
+	if (err) {
+		pr_notice_ratelimited("track: cannot open %s (%d)\n", path, err);
+		goto out_unlock;
+	}
+	if (cblb_is_snapimage(h.bdev->bd_disk)) {
+		pr_notice_ratelimited("track: %s is a snapshot\n", path);
+		err = -EINVAL;
+	} else {
+		cbt_get(h.bdev, &err);
+	}
+	cblb_bdev_close(&h);
+out_unlock:
+	mutex_unlock(&cblb_registry_lock);
+	return err;
+}
+
+int cblb_cmd_untrack(const char *path)
+{
+	struct cblb_cbt *c;
+	dev_t dev;
+	int err;
+
+	err = cblb_lookup_bdev(path, &dev);
+	if (err) {
+		pr_notice_ratelimited("untrack: %s is not a block device (%d)\n", path, err);
+		return err;
+	}
+	mutex_lock(&cblb_registry_lock);
+	c = cbt_find(dev);
+	if (!c) {
+		pr_notice_ratelimited("untrack: %s is not tracked\n", path);
+		err = -ENOENT;
+	} else if (c->snap) {
+		pr_notice_ratelimited("untrack: %s has snapshot %s; remove it first\n", path,
+				      c->snap->name);
+		err = -EBUSY;
+	} else {
+		cbt_destroy(c);
+	}
+	mutex_unlock(&cblb_registry_lock);
+	return err;
+}
+
+/* Module exit, after every snapshot is gone. */
+void cblb_cbt_exit(void)
+{
+	struct cblb_cbt *c, *n;
+
+	lockdep_assert_held(&cblb_registry_lock);
+	list_for_each_entry_safe(c, n, &cbt_list, node)
+		cbt_destroy(c);
+	if (tracking_kobj)
+		kobject_put(tracking_kobj);
+	tracking_kobj = NULL;
+}
