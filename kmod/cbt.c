@@ -401,7 +401,7 @@ static struct cblb_cbt *cbt_get(struct block_device *bdev, int *errp)
 	}
 	mutex_init(&c->lock);
 	c->dev = bdev->bd_dev;
-	kobject_init(&c->kobj, &cbt_ktype);	/* from here, kobject_put frees c */
+	cblb_kobject_init(&c->kobj, &cbt_ktype);	/* from here, kobject_put frees c */
 	err = cbt_begin(c, bdev);
 	if (err)
 		goto fail;

@@ -184,8 +184,8 @@ static int cow_read_flight(struct cblb_snapshot *s, struct cblb_flight *f)
 		for (j = i + 1; j < f->n && j - i < BIO_MAX_VECS &&
 		     f->chunks[j] == f->chunks[j - 1] + 1; j++)
 			;
-		bio = bio_alloc_bioset(s->origin.bdev, j - i, REQ_OP_READ | REQ_SYNC, GFP_NOIO,
-				       &s->cow_bs);
+		bio = cblb_bio_alloc(s->origin.bdev, j - i, REQ_OP_READ | REQ_SYNC, GFP_NOIO,
+				     &s->cow_bs);
 		bio->bi_iter.bi_sector = chunk_to_sector(f->chunks[i]);
 		for (; i < j; i++)
 			__bio_add_page(bio, f->pages[i], chunk_bytes(s, f->chunks[i]), 0);
@@ -373,10 +373,10 @@ static void flight_write(struct cblb_snapshot *s, struct cblb_flight *f)
 					bio = NULL;
 				}
 				if (!bio) {
-					bio = bio_alloc_bioset(st->bdev,
-							       store_run(st, f, i, off, sector),
-							       REQ_OP_WRITE | REQ_SYNC, GFP_NOIO,
-							       &s->cow_bs);
+					bio = cblb_bio_alloc(st->bdev,
+							     store_run(st, f, i, off, sector),
+							     REQ_OP_WRITE | REQ_SYNC, GFP_NOIO,
+							     &s->cow_bs);
 					bio->bi_iter.bi_sector = sector;
 					bio->bi_end_io = cblb_cow_endio;
 					bio->bi_private = f;
@@ -451,10 +451,8 @@ static bool batch_has(const struct cblb_flight *f, u64 c)
  */
 static bool bio_chunks(struct cblb_snapshot *s, struct bio *bio, u64 *first, u64 *last)
 {
-	sector_t rel = bio->bi_iter.bi_sector, len = bio_sectors(bio);
+	sector_t rel = cblb_bio_disk_sector(bio), len = bio_sectors(bio);
 
-	if (!bio_flagged(bio, BIO_REMAPPED))
-		rel += bio->bi_bdev->bd_start_sect;
 	/* clamp to the origin, as the tracker did */
 	if (rel < s->origin_start) {
 		len -= min(len, s->origin_start - rel);

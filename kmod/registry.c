@@ -179,7 +179,7 @@ int cblb_cmd_create(const char *name, const char *origin)
 				      name, CBLB_NAME_MAX);
 		return -EINVAL;
 	}
-	err = lookup_bdev(origin, &dev);
+	err = cblb_lookup_bdev(origin, &dev);
 	if (err) {
 		pr_notice_ratelimited("create %s: %s is not a block device (%d)\n", name, origin, err);
 		return err;
@@ -235,7 +235,7 @@ int cblb_cmd_create(const char *name, const char *origin)
 		goto fail_origin;
 	}
 	s->origin_disk = s->origin.bdev->bd_disk;
-	s->origin_start = s->origin.bdev->bd_start_sect;
+	s->origin_start = cblb_bdev_start(s->origin.bdev);
 	s->origin_sectors = bdev_nr_sectors(s->origin.bdev);
 	s->origin_lbs = bdev_logical_block_size(s->origin.bdev);
 	if (!s->origin_sectors || s->origin_lbs > CBLB_CHUNK_SIZE) {

@@ -254,7 +254,7 @@ static bool snap_read_run(struct cblb_snapshot *s, struct bio *parent, struct bv
 
 static void cblb_snap_submit_bio(struct bio *bio)
 {
-	struct cblb_snapshot *s = bio->bi_bdev->bd_disk->private_data;
+	struct cblb_snapshot *s = cblb_bio_disk(bio)->private_data;
 	struct bvec_iter iter = bio->bi_iter;
 
 	if (bio_op(bio) != REQ_OP_READ) {
@@ -277,10 +277,11 @@ static void cblb_snap_submit_bio(struct bio *bio)
 	}
 	bio_endio(bio);
 }
+CBLB_SUBMIT_BIO(cblb_snap_submit_bio)
 
 static const struct block_device_operations cblb_snap_fops = {
 	.owner = THIS_MODULE,
-	.submit_bio = cblb_snap_submit_bio,
+	.submit_bio = cblb_snap_submit_bio_entry,
 };
 
 bool cblb_is_snapimage(struct gendisk *disk)
@@ -313,14 +314,14 @@ int cblb_snapimage_create(struct cblb_snapshot *s)
 	strscpy(disk->disk_name, s->name, sizeof(disk->disk_name));
 	set_capacity(disk, s->origin_sectors);
 	set_disk_ro(disk, true);
-	err = add_disk(disk);
+	err = cblb_add_disk(disk);
 	if (err)
 		goto fail_add;
 	s->disk = disk;
 	return 0;
 
 fail_add:
-	put_disk(disk);
+	cblb_put_disk(disk);
 fail_disk:
 	bioset_exit(&s->read_bs);
 	return err;
@@ -331,7 +332,7 @@ void cblb_snapimage_destroy(struct cblb_snapshot *s)
 	if (!s->disk)
 		return;
 	del_gendisk(s->disk);
-	put_disk(s->disk);
+	cblb_put_disk(s->disk);
 	s->disk = NULL;
 	bioset_exit(&s->read_bs);
 }

@@ -44,21 +44,21 @@ struct slave_names {
 	char name[CBLB_STACK_SLAVES][BDEVNAME_SIZE];
 };
 
-static bool collect_slave(struct dir_context *ctx, const char *name, int len, loff_t off,
-			  u64 ino, unsigned int type)
+static cblb_filldir_ret collect_slave(struct dir_context *ctx, const char *name, int len,
+				      loff_t off, u64 ino, unsigned int type)
 {
 	struct slave_names *sn = container_of(ctx, struct slave_names, ctx);
 
 	if (name[0] == '.')
-		return true;
+		return CBLB_FILLDIR_GO_ON;
 	if (sn->n == CBLB_STACK_SLAVES || len >= BDEVNAME_SIZE) {
 		sn->overflow = true;
-		return false;
+		return CBLB_FILLDIR_STOP;
 	}
 	memcpy(sn->name[sn->n], name, len);
 	sn->name[sn->n][len] = '\0';
 	sn->n++;
-	return true;
+	return CBLB_FILLDIR_GO_ON;
 }
 
 /* Read a small sysfs text file into buf (NUL-terminated, trailing newline cut). */
@@ -170,7 +170,7 @@ out:
  * partition that overlaps it)? */
 bool cblb_bdev_overlaps_origin(struct cblb_snapshot *s, struct block_device *bdev)
 {
-	sector_t start = bdev->bd_start_sect, end = start + bdev_nr_sectors(bdev);
+	sector_t start = cblb_bdev_start(bdev), end = start + bdev_nr_sectors(bdev);
 
 	return bdev->bd_disk == s->origin_disk && start < s->origin_start + s->origin_sectors &&
 	       end > s->origin_start;

@@ -36,7 +36,6 @@
 #define pr_fmt(fmt) "cblb: " fmt
 
 #include <linux/fiemap.h>
-#include <linux/fileattr.h>
 #include <linux/mount.h>
 #include <linux/file.h>
 #include <linux/fs.h>
@@ -178,7 +177,7 @@ static int store_unlink_name(struct cblb_store *st, const char *name, struct ino
 	if (err)
 		return err;
 	inode_lock_nested(d_inode(dir), I_MUTEX_PARENT);
-	d = lookup_one_len(name, dir, strlen(name));
+	d = cblb_lookup_one(st->catalog.mnt, dir, name);
 	if (IS_ERR(d)) {
 		err = PTR_ERR(d);
 	} else {
@@ -208,12 +207,12 @@ static void store_unlink(struct cblb_store *st, struct cblb_store_file *sf)
 /* Create a named temp file; a leftover of the same name (a crash) is replaced. */
 static struct file *store_create_named(struct cblb_store *st, const char *name, int flags)
 {
-	struct file *f = file_open_root(&st->catalog, name, O_CREAT | O_EXCL | flags, 0600);
+	struct file *f = cblb_file_open_root(&st->catalog, name, O_CREAT | O_EXCL | flags, 0600);
 
 	if (PTR_ERR_OR_ZERO(f) == -EEXIST && !store_unlink_name(st, name, NULL)) {
 		pr_notice("%s: removed %s left in %s by an earlier run\n", st->snap->name, name,
 			  st->catalog_name);
-		f = file_open_root(&st->catalog, name, O_CREAT | O_EXCL | flags, 0600);
+		f = cblb_file_open_root(&st->catalog, name, O_CREAT | O_EXCL | flags, 0600);
 	}
 	return f;
 }
@@ -230,7 +229,7 @@ static int store_open(struct cblb_store *st, struct cblb_store_file *sf, unsigne
 
 	snprintf(sf->name, sizeof(sf->name), ".cblb-%s-%u", st->snap->name, idx);
 	if (!st->on_origin)
-		f = file_open_root(&st->catalog, ".", O_TMPFILE | flags, 0600);
+		f = cblb_file_open_root(&st->catalog, ".", O_TMPFILE | flags, 0600);
 	if (IS_ERR(f) && (st->on_origin || PTR_ERR(f) == -EOPNOTSUPP || PTR_ERR(f) == -EISDIR)) {
 		f = store_create_named(st, sf->name, flags);
 		if (!IS_ERR(f))
@@ -250,10 +249,7 @@ static int store_open(struct cblb_store *st, struct cblb_store_file *sf, unsigne
 /* XFS realtime files keep their data on another device than the one FIEMAP is read for. */
 static bool store_file_realtime(struct cblb_store_file *sf)
 {
-	struct fileattr fa = {};
-
-	return !vfs_fileattr_get(sf->file->f_path.dentry, &fa) &&
-	       (fa.fsx_xflags & FS_XFLAG_REALTIME);
+	return cblb_file_realtime(sf->file);
 }
 
 /*
@@ -461,7 +457,7 @@ int cblb_store_show_extents(struct cblb_store *st, char *buf)
 
 	if (!st->bdev || st->bdev->bd_disk != s->origin_disk)
 		return 0;
-	base = st->bdev->bd_start_sect;
+	base = cblb_bdev_start(st->bdev);
 	for (i = 0; i < n; i++) {
 		struct cblb_store_file *sf = store_file(st, i);
 
@@ -602,7 +598,7 @@ static int store_check_direct(struct cblb_store *st)
 	}
 	st->on_origin = cblb_bdev_overlaps_origin(s, st->bdev);
 	if (st->on_origin) {
-		if (st->bdev->bd_start_sect != s->origin_start) {
+		if (cblb_bdev_start(st->bdev) != s->origin_start) {
 			pr_notice_ratelimited("start %s: catalog %s is on %pg, which overlaps the origin %s without being it\n",
 					      s->name, st->catalog_name, st->bdev, s->origin_path);
 			return -ELOOP;

@@ -218,7 +218,7 @@ SNAP_ATTR(cbt_block_size, "%u", cblb_cbt_block_size(s));
 SNAP_ATTR(cbt_changed_blocks, "%llu", (unsigned long long)s->cbt_changed);
 
 static ssize_t snap_cbt_map_read(struct file *f, struct kobject *kobj,
-				 struct bin_attribute *attr, char *buf, loff_t off, size_t count)
+				 cblb_bin_attr_arg *attr, char *buf, loff_t off, size_t count)
 {
 	return cblb_cbt_read_map(to_snap(kobj), buf, off, count);
 }
@@ -229,7 +229,7 @@ static struct bin_attribute snap_cbt_map_attr = {
 	.read = snap_cbt_map_read,
 };
 
-static struct bin_attribute *snap_bin_attrs[] = {
+static cblb_bin_attr_entry *snap_bin_attrs[] = {
 	&snap_cbt_map_attr,
 	NULL,
 };
@@ -325,7 +325,7 @@ static const struct kobj_type snap_ktype = {
 /* On failure the snapshot is freed (through the kobject's release). */
 int cblb_sysfs_add(struct cblb_snapshot *s)
 {
-	int err = kobject_init_and_add(&s->kobj, &snap_ktype, cblb_kobj, "%s", s->name);
+	int err = cblb_kobject_init_and_add(&s->kobj, &snap_ktype, cblb_kobj, "%s", s->name);
 
 	if (err)
 		kobject_put(&s->kobj);

@@ -60,13 +60,10 @@ static bool bio_modifies(struct bio *bio)
  */
 static struct cblb_snapshot *tracker_find(struct bio *bio, sector_t *rel, sector_t *len)
 {
-	struct block_device *bdev = bio->bi_bdev;
-	struct gendisk *disk = bdev->bd_disk;
+	struct gendisk *disk = cblb_bio_disk(bio);
 	struct cblb_snapshot *s;
-	sector_t start = bio->bi_iter.bi_sector, end;
+	sector_t start = cblb_bio_disk_sector(bio), end;
 
-	if (!bio_flagged(bio, BIO_REMAPPED))
-		start += bdev->bd_start_sect;
 	end = start + bio_sectors(bio);
 	hash_for_each_possible_rcu(cblb_tracked, s, hash_node, (unsigned long)disk) {
 		sector_t ostart = s->origin_start, oend = ostart + s->origin_sectors;
@@ -114,7 +111,7 @@ static void notrace cblb_origin_submit_bio(struct bio *bio)
 }
 
 static void notrace cblb_ftrace_handler(unsigned long ip, unsigned long parent_ip,
-					struct ftrace_ops *ops, struct ftrace_regs *fregs)
+					struct ftrace_ops *ops, struct cblb_ftrace_regs *fregs)
 {
 	bool cbt = atomic_read(&cblb_nr_cbt);
 	struct cblb_snapshot *s = NULL;
@@ -201,14 +198,14 @@ int cblb_tracker_init(void)
 	return 0;
 
 fail_register:
-	ftrace_free_filter(&cblb_ftrace_ops);
+	cblb_ftrace_free_filter(&cblb_ftrace_ops);
 	return err;
 }
 
 void cblb_tracker_exit(void)
 {
 	unregister_ftrace_function(&cblb_ftrace_ops);
-	ftrace_free_filter(&cblb_ftrace_ops);
+	cblb_ftrace_free_filter(&cblb_ftrace_ops);
 	wait_event(cblb_redirect_wq, atomic_read(&cblb_redirected) == 0);
 	/* A redirected task may still be on cblb_origin_submit_bio()'s last instructions,
 	 * even preempted there: wait until every task has passed a voluntary switch. */

@@ -46,6 +46,7 @@ def attr(name: str, field: str) -> str:
 
 
 # ---------------------------------------------------------------- the seed's walkthrough
+@pytest.mark.compact
 def test_seed_walkthrough(scratch_fs: ScratchFs, mount_dir: Path) -> None:
     """The seed document's commands, verbatim but for device and folder names."""
     fs = scratch_fs
@@ -89,6 +90,7 @@ def two_loops(cblb_module: Controller):
     b.detach()
 
 
+@pytest.mark.compact
 def test_refused_commands(two_loops, scratch_fs: ScratchFs, tmp_path: Path) -> None:
     a, b = two_loops
     a_file = scratch_fs.catalog_dir / "plainfile"
@@ -209,6 +211,7 @@ def check_fs(image: Path, fstype: str) -> None:
         sh(f"e2fsck -fn {image}")
 
 
+@pytest.mark.compact
 @pytest.mark.parametrize("fstype", ["ext4", "xfs"])
 def test_integrity_under_load(cblb_module: Controller, fstype: str, mount_dir: Path) -> None:
     """The snapshot equals the origin at `start`, block for block and file for file,
@@ -331,6 +334,7 @@ def test_zeroout_and_discard_keep_snapshot(cblb_module: Controller) -> None:
 
 
 # ---------------------------------------------------------------- failure paths
+@pytest.mark.compact
 def test_store_full_fails_only_the_snapshot(cblb_module: Controller) -> None:
     lp = make_loop(64, "full")
     cat = build_scratch("ext4", size_mb=32, catalog_mb=64)

@@ -107,6 +107,7 @@ def pair(cmnt: Path) -> list[SetMember]:
             SetMember("setb", str(cmnt / "b"), 2048, 16)]
 
 
+@pytest.mark.compact
 def test_set_is_one_point_in_time_for_a_writer_of_two_origins(
         two_raw_origins: tuple[LoopDev, LoopDev, Path], cblb_module: Controller,
         lab_out: Path) -> None:
