@@ -19,6 +19,8 @@ from typing import Any, Iterable
 SEL_KEYS = ("experiment", "device", "target", "workload", "phase", "frac", "total",
             "variant", "file_size", "max_files")
 DEVICES = ("ram", "ssd")
+MiB = 1 << 20
+TiB = 1 << 40
 
 
 def matches(run: dict[str, Any], sel: dict[str, Any]) -> bool:
@@ -153,6 +155,17 @@ def all_ratios(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             for v in ("one", "several"):
                 add(ratio(runs, f"totals/{n}/{v}", "write_bw",
                           {"experiment": "totals", "total": n, "variant": v}, den))
+    # changed-block tracking: the origin tracked (no snapshot) vs the comparison's
+    # no-snapshot run of the same repetition, run next to it (marked cbt_paired)
+    for dev in devices_of(runs, "cbt"):
+        for wl in sorted({r["workload"] for r in runs if r["experiment"] == "cbt"
+                          and r.get("phase") == "base" and r.get("device", "ram") == dev}):
+            num = {"experiment": "cbt", "device": dev, "target": "tracked", "workload": wl,
+                   "phase": "base"}
+            den = {"experiment": "compare", "device": dev, "target": "none", "workload": wl,
+                   "cbt_paired": True}
+            for m, better in COMPARE_METRICS:
+                add(ratio(runs, f"cbt/{dev}/{wl}/{m}", m, num, den, better=better))
     add(ratio(runs, "tracer/loaded_vs_unloaded", "write_bw",
               {"experiment": "tracer", "variant": "loaded"},
               {"experiment": "tracer", "variant": "unloaded"}))
@@ -182,6 +195,24 @@ def figure(runs: list[dict[str, Any]], sel: dict[str, Any], metric: str,
     pick: dict[str, Callable[[list[float]], float]] = {"median": statistics.median, "max": max,
                                                        "min": min}
     return pick[agg](v)
+
+
+def cbt_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Kernel memory of changed-block tracking: per TiB of origin (the sparse 1 TiB loop
+    device, worst run) with its map block size, and of each device set's own origin."""
+    sel = {"experiment": "cbt", "phase": "memory"}
+    per_tib = values(runs, sel, "cbt_memory_per_tib_bytes")
+    bs = values(runs, sel, "block_size")
+    origins: dict[str, dict[str, float]] = {}
+    for dev in devices_of(runs, "cbt"):
+        o = {"experiment": "cbt", "device": dev, "phase": "base"}
+        mem = values(runs, o, "memory_bytes")
+        if mem:
+            origins[dev] = {"memory_bytes": max(mem),
+                            "block_size": max(values(runs, o, "block_size") or [0.0]),
+                            "size_bytes": max(values(runs, o, "size_bytes") or [0.0])}
+    return {"memory_per_tib_bytes": max(per_tib) if per_tib else None,
+            "block_size_per_tib": max(bs) if bs else None, "origins": origins}
 
 
 def _met(value: float | None, op: str, thr: float) -> bool | None:
@@ -221,6 +252,17 @@ DEVICE_TARGETS = (
     ("snapread_0.5", "snapshot sequential 1 MiB reads vs origin reads, 50% changed",
      "snapread/{d}/cblb/0.5", ">=", 0.7, ""),
 )
+# Issue 12: changed-block tracking's cost on origin writes, on every device: (name, text,
+# ratio source under cbt/<device>/, threshold on the fraction of throughput lost).
+CBT_TARGETS = (
+    ("cbt_seq1m", "changed-block tracking costs <= 1% of origin write bandwidth: "
+     "sequential 1 MiB writes (origin tracked vs untracked, no snapshot)",
+     "cbt/{d}/seq1m/write_bw", 0.01),
+    ("cbt_rand4k", "changed-block tracking costs <= 1% of origin write bandwidth: "
+     "random 4 KiB O_DIRECT writes (origin tracked vs untracked, no snapshot)",
+     "cbt/{d}/rand4k/write_bw", 0.01),
+)
+CBT_MEMORY_MIB = 32.0   # issue 12: kernel memory per TiB of tracked origin
 
 
 def targets(runs: list[dict[str, Any]], ratios: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -250,11 +292,36 @@ def targets(runs: list[dict[str, Any]], ratios: list[dict[str, Any]]) -> list[di
         t(name, device, text, r["value"] if r else None, op, thr, peer, src, lo=lo, hi=hi,
           n=n)
 
-    devs = sorted(set(devices_of(runs, "compare")) | set(devices_of(runs, "snapread")),
+    def cost_from_ratio(name: str, device: str, text: str, src: str, thr: float,
+                        note: str = "") -> None:
+        """A target on the fraction of throughput lost (1 - ratio, unit "frac")."""
+        r = R.get(src)
+        lo, hi = spread(r) if r else (None, None)
+        n = len(r["per_rep"]) if r and r.get("per_rep") else (r["num_n"] if r else 0)
+        t(name, device, text, 1 - r["value"] if r else None, "<=", thr, "", src,
+          unit="frac", lo=None if hi is None else 1 - hi, hi=None if lo is None else 1 - lo,
+          n=n, note=note if r else "")
+
+    cbt_devs = {r.get("device", "ram") for r in runs
+                if r["experiment"] == "cbt" and r.get("phase") == "base"}
+    devs = sorted(set(devices_of(runs, "compare")) | set(devices_of(runs, "snapread"))
+                  | cbt_devs,
                   key=lambda d: (d not in DEVICES, DEVICES.index(d) if d in DEVICES else 0, d))
     for name, text, src, op, thr, peer in DEVICE_TARGETS:
         for d in devs:
             from_ratio(name, d, text, src.format(d=d), op, thr, peer)
+    for name, text, src, thr in CBT_TARGETS:
+        for d in devs:
+            cost_from_ratio(name, d, text, src.format(d=d), thr,
+                            "each repetition: the tracked run next to the untracked "
+                            "no-snapshot run, order alternating")
+    mem = values(runs, {"experiment": "cbt", "phase": "memory"}, "cbt_memory_per_tib_bytes")
+    bs = values(runs, {"experiment": "cbt", "phase": "memory"}, "block_size")
+    t("cbt_memory_tib", "ram", "changed-block tracking: kernel memory per TiB of tracked "
+      "origin (both maps, a sparse 1 TiB loop device)", max(mem) / MiB if mem else None, "<=",
+      CBT_MEMORY_MIB, "", "cbt/memory/cbt_memory_per_tib_bytes", unit="MiB",
+      lo=min(mem) / MiB if mem else None, hi=max(mem) / MiB if mem else None, n=len(mem),
+      note=f"{max(bs) / 1024:g} KiB per map bit at 1 TiB" if bs else "")
     tot = sorted({r["total"] for r in runs if r["experiment"] == "totals"})
     if tot:
         from_ratio("total_max", "ram", f"total={tot[-1]} vs total={tot[0]}, one snapshot "
@@ -361,6 +428,7 @@ def analyse(results: dict[str, Any]) -> dict[str, Any]:
     results["ratios"] = all_ratios(runs)
     results["targets"] = targets(runs, results["ratios"])
     results["recommendation"] = recommend(runs, results["ratios"])
+    results["cbt"] = cbt_summary(runs)
     return results
 
 
@@ -370,7 +438,7 @@ def check_consistency(results: dict[str, Any], rel: float = 1e-9) -> list[str]:
     problems: list[str] = []
     runs = results.get("runs", [])
     for key in ("schema", "meta", "config", "runs", "summaries", "ratios", "targets",
-                "recommendation"):
+                "recommendation", "cbt"):
         if key not in results:
             problems.append(f"missing top-level key {key}")
     meta = results.get("meta", {})
@@ -422,4 +490,19 @@ def check_consistency(results: dict[str, Any], rel: float = 1e-9) -> list[str]:
                 problems.append(f"target {t['name']} differs from ratio {src}")
         if t["value"] is not None and t["met"] is not _met(t["value"], t["op"], t["threshold"]):
             problems.append(f"target {t['name']} ({t.get('device', '')}): 'met' is wrong")
+    # changed-block tracking: its memory figures and target, re-derived from the runs
+    if "cbt" in results:
+        if results["cbt"] != cbt_summary(runs):
+            problems.append("cbt: memory figures differ from the runs")
+        per_tib = results["cbt"].get("memory_per_tib_bytes")
+        for t in results.get("targets", []):
+            if t["name"] != "cbt_memory_tib":
+                continue
+            if (t["value"] is None) != (per_tib is None) or (
+                    per_tib is not None and not close(t["value"], per_tib / MiB)):
+                problems.append("target cbt_memory_tib differs from cbt.memory_per_tib_bytes")
+    for r in results.get("ratios", []):
+        if r["name"].startswith("cbt/") and not r["den"].get("cbt_paired"):
+            problems.append(f"ratio {r['name']}: its baseline is not the paired "
+                            "no-snapshot runs")
     return problems

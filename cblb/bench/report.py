@@ -259,12 +259,15 @@ def _summary_rows(summ: list[dict[str, Any]], experiment: str,
             and s["metric"] in metrics]
 
 
+UNIT_SUFFIX = {"x": "x", "ms": " ms", "B": " B", "MiB": " MiB"}
+
+
 def _fmt_target(v: float | None, unit: str) -> str:
     if v is None:
         return "-"
     if unit == "frac":
         return f"{v * 100:.1f}%"
-    return f"{v:.3g}" + {"x": "x", "ms": " ms", "B": " B"}[unit]
+    return f"{v:.3g}" + UNIT_SUFFIX[unit]
 
 
 def _targets(targets: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, Any]]]:
@@ -278,7 +281,7 @@ def _targets(targets: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, A
             devs.append(d)
         unit = t["unit"]
         goal = (f"{t['op']} {t['threshold'] * 100:g}%" if unit == "frac"
-                else f"{t['op']} {t['threshold']:g}" + {"x": "x", "ms": " ms", "B": " B"}[unit])
+                else f"{t['op']} {t['threshold']:g}" + UNIT_SUFFIX[unit])
         row = rows.setdefault(t["name"], {"target": t["target"], "goal": goal,
                                           "peer": t["peer"], "cells": {}, "notes": []})
         spread = ""
@@ -286,10 +289,41 @@ def _targets(targets: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, A
             spread = f"{_fmt_target(t['lo'], unit)}..{_fmt_target(t['hi'], unit)}"
         row["cells"][d] = {"value": _fmt_target(t["value"], unit), "spread": spread,
                            "n": t.get("n", 0), "met": t["met"], "every_rep": t.get("every_rep")}
-        if t.get("note"):
+        if t.get("note") and t["note"] not in row["notes"]:
             row["notes"].append(t["note"])
     order = [d for d in an.DEVICES if d in devs] + [d for d in devs if d not in an.DEVICES]
     return order, list(rows.values())
+
+
+def _cost(r: dict[str, Any]) -> dict[str, Any]:
+    """A throughput ratio as the percentage lost (1 - ratio), with its min..max."""
+    lo, hi = an.spread(r)
+    return {"value": (1 - r["value"]) * 100, "lo": None if hi is None else (1 - hi) * 100,
+            "hi": None if lo is None else (1 - lo) * 100}
+
+
+def cbt_line(results: dict[str, Any]) -> str:
+    """The report's line on changed-block tracking: kernel memory per TiB and of the
+    bench's own origins, and how the cost was measured."""
+    c = results.get("cbt") or an.cbt_summary(results["runs"])
+    parts = []
+    per_tib, bs = c.get("memory_per_tib_bytes"), c.get("block_size_per_tib")
+    if per_tib is not None:
+        parts.append(f"Kernel memory of changed-block tracking: {per_tib / 2**20:.3g} MiB per "
+                     f"TiB of origin (both maps, {(bs or 0) / 1024:g} KiB per bit; read from "
+                     f"the tracking of a sparse 1 TiB loop device; target <= "
+                     f"{an.CBT_MEMORY_MIB:g} MiB).")
+    else:
+        parts.append("Kernel memory of changed-block tracking per TiB: not measured in this "
+                     "run.")
+    for dev, o in (c.get("origins") or {}).items():
+        parts.append(f"The bench's {dev} origin ({o['size_bytes'] / 2**20:g} MiB): "
+                     f"{o['memory_bytes'] / 1024:g} KiB, {o['block_size'] / 1024:g} KiB "
+                     "per bit.")
+    parts.append("Cost: each tracked run (the origin tracked, no snapshot) sits next to the "
+                 "no-snapshot run of the same repetition and workload (the origin untracked), "
+                 "both time-based over the same region, their order alternating.")
+    return " ".join(parts)
 
 
 def _copy_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -449,6 +483,21 @@ def render(results: dict[str, Any], out: Path) -> Path:
         [_ratio_rows(ratios, "tracer/"), _ratio_rows(ratios, "catorigin/")],
         [_summary_rows(summ, "tracer", ("write_bw",)),
          _summary_rows(summ, "catorigin", ("write_bw",))]))
+    cbt = [r for r in ratios if r["name"].startswith("cbt/") and r["metric"] == "write_bw"]
+    figs.append(_figure("Changed-block tracking: cost on origin writes and kernel memory",
+                        fig_simple_bars(results, out, "cbt_cost.png",
+                                        "Write throughput lost to changed-block tracking "
+                                        "(%; bars: min..max over the repetitions)",
+                                        "throughput lost (%)",
+                                        [(f"{r['num']['device']} {r['num']['workload']}",
+                                          _cost(r)) for r in cbt],
+                                        {"target 1%": 1.0}),
+                        [_ratio_rows(ratios, "cbt/")],
+                        [_summary_rows(summ, "cbt", ("write_bw", "write_iops", "write_p99_us",
+                                                     "memory_bytes", "block_size",
+                                                     "changed_blocks",
+                                                     "cbt_memory_per_tib_bytes"))],
+                        note=cbt_line(results)))
     ver = [r for r in runs if r["experiment"] == "verify"]
     verify = ({**ver[0]["metrics"], "engine": ver[0]["info"]["engine"]} if ver else None)
     tdevs, trows = _targets(results["targets"])

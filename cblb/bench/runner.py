@@ -8,11 +8,13 @@ Every raw figure lands in ``results["runs"]`` as one flat record::
 
 plus experiment parameters as top-level keys (``device``, ``frac``, ``total``, ``variant``,
 ``file_size``, ``max_files``). :mod:`.analysis` turns them into summaries and ratios.
-The comparison and the snapshot reads run on each device set of :mod:`.devices` in turn
-(``ram``, then ``ssd``); the sweeps on ``ram``. Repetitions are interleaved (rep 0 of
-every target, then rep 1, ...) and the target order rotates, so drift of a shared, busy
-machine spreads over all targets alike. Every measured run lasts ``runtime`` seconds or
-moves 512 MiB (see :mod:`.workloads`).
+The comparison, changed-block tracking's cost and the snapshot reads run on each device set
+of :mod:`.devices` in turn (``ssd``, then ``ram``); the sweeps on ``ram``. Repetitions are
+interleaved (rep 0 of every target, then rep 1, ...) and the target order rotates, so drift
+of a shared, busy machine spreads over all targets alike. Every measured run lasts
+``runtime`` seconds or moves 512 MiB (see :mod:`.workloads`). Changed-block tracking
+(experiment ``cbt``) pairs a run with the origin tracked with the no-snapshot run of the
+same repetition (``cbt_paired``), and reads the kernel memory of a tracked 1 TiB origin.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .. import __version__
-from ..control import Controller
+from ..control import Controller, Tracking, devnum
 from ..errors import CblbError
 from . import SCHEMA_VERSION
 from . import devices as dv
@@ -79,6 +81,11 @@ class ModeConfig:
     skip: tuple[tuple[str, str], ...] = ()   # (target, workload) pairs not compared
     totals_several: bool = True     # total=N also with several snapshots at once
     catalog_on_origin: bool = True
+    # changed-block tracking's cost: in the first cbt_reps repetitions of the comparison,
+    # each workload of cbt_workloads runs once more, the origin tracked (no snapshot), next
+    # to its no-snapshot run (the origin untracked), the order alternating by repetition
+    cbt_reps: int = 5
+    cbt_workloads: tuple[str, ...] = ("seq1m", "rand4k")
 
     @property
     def origin_size(self) -> int:
@@ -95,8 +102,10 @@ MODES: dict[str, ModeConfig] = {
                        snapread_region=64 * MiB, sweep_region=128 * MiB, snapread_reps=5,
                        tracer_pairs=9, snapread_targets=("cblb", "dm4k", "dm64k")),
     # quick: 2 repetitions, not 3: under emulation one 5 s fio run costs about 9 s, and a
-    # dm-snapshot set-up and removal about 7 s more; 3 would not fit 20 minutes.
-    "quick": ModeConfig("quick", reps=2, sweep_reps=1, runtime=5,
+    # dm-snapshot set-up and removal about 7 s more; 3 would not fit 20 minutes. For the
+    # same reason changed-block tracking is paired in one repetition and the write hook's
+    # cost measured in 4 pairs (not 5).
+    "quick": ModeConfig("quick", reps=2, sweep_reps=1, runtime=5, tracer_pairs=4, cbt_reps=1,
                         region={"seq1m": 512 * MiB, "rand4k": 128 * MiB},
                         workloads=("seq1m", "rand4k"),
                         snapread_region=32 * MiB, sweep_region=128 * MiB, snapread_reps=2,
@@ -111,9 +120,10 @@ MODES: dict[str, ModeConfig] = {
                        snapread_region=16 * MiB, sweep_region=16 * MiB, snapread_reps=1,
                        tracer_pairs=2, snapread_targets=("cblb",), totals=(1, 255),
                        several=2, file_sizes=(2048, SEED_FILE_SIZE), max_files=(1,),
-                       warmup=False, catalog_on_origin=False),
+                       warmup=False, catalog_on_origin=False, cbt_reps=1),
 }
 MIN_BYTES = 512 * MiB   # a run shorter than ``runtime`` must move at least this much
+TiB = 1 << 40           # the sparse origin whose tracking memory the bench reads
 
 
 def cpu_calibration(seconds: float = 0.2) -> float:
@@ -273,6 +283,20 @@ class Runner:
                     break
                 except CblbError:
                     time.sleep(0.2)
+        self.untrack_all()
+
+    def untrack_all(self) -> None:
+        """End the changed-block tracking of every origin without a snapshot. A snapshot's
+        ``create`` begins tracking and ``remove`` does not end it (kmod/doc/CBT.md): left
+        alone, every target after the first cblb one would run on a tracked origin, and a
+        tracked null_blk disk holds its driver, which the ssd set's teardown must unload."""
+        if not self.ctl.loaded():
+            return
+        for t in self.ctl.tracking():
+            try:
+                self.ctl.untrack(f"/dev/{t.disk}")
+            except CblbError:
+                pass    # a snapshot of it exists, or it went away meanwhile
 
     def start_cblb(self, name: str, origin: str, file_size: int = SEED_FILE_SIZE,
                    max_files: int = 4, catalog: str | None = None) -> tuple[Any, float]:
@@ -335,8 +359,10 @@ class Runner:
 
     # ---- one target, set up fresh ---------------------------------------------------
     def target_open(self, target: str) -> tuple[str, str, Any]:
-        """(write path, snapshot path, handle) of a fresh snapshot of the origin."""
+        """(write path, snapshot path, handle) of a fresh snapshot of the origin. Every
+        target begins with an untracked origin (cblb's ``create`` tracks it)."""
         d = self.devset()
+        self.untrack_all()
         if target == "none":
             return d.origin.device, "", None
         if target == "cblb":
@@ -399,9 +425,12 @@ class Runner:
         return None
 
     # ---- experiments ----------------------------------------------------------------
-    def compare_one(self, target: str, wl: Workload, rep: int, warmup: bool) -> None:
-        """No snapshot: one time-based run. A snapshot (fresh): the first pass, then the
-        rewrite pass over chunks already copied (:meth:`rewrite_span`)."""
+    def compare_one(self, target: str, wl: Workload, rep: int, warmup: bool,
+                    cbt_pair: bool = False) -> None:
+        """No snapshot: one time-based run (the origin untracked; ``cbt_pair``: a
+        :meth:`cbt_one` run sits next to it in the plan, and the record says so). A
+        snapshot (fresh): the first pass, then the rewrite pass over chunks already copied
+        (:meth:`rewrite_span`)."""
         m = self.mode
         region = m.region[wl.name] // (8 if warmup else 1)
         runtime = 1.0 if warmup else m.runtime
@@ -417,7 +446,8 @@ class Runner:
             self.record("compare", target, r.metrics(), workload=wl.name, phase="base",
                         rep=rep, warmup=warmup,
                         info={"fio_args": r.argv, "region": region,
-                              "lat_log": (log + "_clat.1.log") if log else ""})
+                              "lat_log": (log + "_clat.1.log") if log else ""},
+                        **({"cbt_paired": True} if cbt_pair else {}))
             return
         log2 = log.replace("-first", "-rewrite") if log else None
         try:
@@ -508,6 +538,58 @@ class Runner:
             self.record("verify", "cblb", {"hash_bw": vr[1], "read_bw": sr.read_bw,
                                            "bytes": region}, workload="hash",
                         phase="snapshot", rep=0, info={"engine": vr[0]})
+
+    def tracking_of(self, device: str) -> Tracking:
+        """The module's tracking of ``device``, as sysfs shows it now."""
+        dev = devnum(self.ctl.system.stat(device))
+        t = next((t for t in self.ctl.tracking() if t.dev == dev), None)
+        if t is None:
+            raise CblbError(f"bench: {device} ({dev}) is not tracked")
+        return t
+
+    def cbt_one(self, wl: Workload, rep: int) -> None:
+        """Changed-block tracking's cost on origin writes: the origin tracked (``track``,
+        no snapshot), one time-based run exactly like the comparison's no-snapshot run of
+        the same repetition (same region and seconds), which the plan puts next to it
+        with the origin untracked. Untracked afterwards."""
+        m = self.mode
+        region = m.region[wl.name]
+        origin = self.origin.device
+        self.cleanup_snapshots()            # no snapshot, nothing tracked
+        t0 = self.ctl.track(origin)
+        try:
+            r = run_fio(wl, origin, region, runtime=m.runtime, time_based=True)
+            t = self.tracking_of(origin)
+        finally:
+            self.ctl.untrack(origin)
+        mt = r.metrics()
+        mt.update({"memory_bytes": t.memory_bytes, "block_size": t.block_size,
+                   "size_bytes": t.size, "changed_blocks": t.changed_blocks})
+        self.record("cbt", "tracked", mt, workload=wl.name, phase="base", rep=rep,
+                    variant="tracked", info={"fio_args": r.argv, "region": region,
+                                             "generation": t.generation,
+                                             "generation_at_track": t0.generation})
+
+    def cbt_memory(self) -> None:
+        """Kernel memory of changed-block tracking per TiB: a sparse 1 TiB file in the
+        scratch folder on a loop device, tracked, its ``memory_bytes`` read, untracked."""
+        if not self.ctl.loaded():
+            self.ctl.load(4)
+        loop = dv.make_loop(TiB, "cbt1t", sparse=True)
+        try:
+            self.ctl.track(loop.device)
+            try:
+                t = self.tracking_of(loop.device)
+            finally:
+                self.ctl.untrack(loop.device)
+        finally:
+            loop.detach()
+        self.record("cbt", "tracked", {
+            "memory_bytes": t.memory_bytes, "block_size": t.block_size, "size_bytes": t.size,
+            "cbt_memory_per_tib_bytes": t.memory_bytes * TiB / t.size if t.size else 0.0},
+            phase="memory", rep=0, device="ram",
+            info={"device": loop.device, "image": str(loop.image), "sparse": True,
+                  "generation": t.generation})
 
     def verify_one(self, dev: str, size: int) -> tuple[str, float] | None:
         from .verifyhash import hash_throughput
@@ -669,6 +751,8 @@ class Runner:
         def add(label: str, w: float, fn: Callable[[], None], kind: str = "") -> None:
             steps.append(Step(label, w, fn, kind))
 
+        add("changed-block tracking: kernel memory of a 1 TiB origin (sparse loop device)", 5,
+            self.cbt_memory)
         kinds = sorted(m.devices, key=lambda k: k == "ram")
         for kind in kinds:
             add(f"[{kind}] set up the {dv.DEVICE_LABEL[kind]} devices", 12,
@@ -688,10 +772,18 @@ class Runner:
                     for wl in wls:
                         if (t, wl.name) in m.skip:
                             continue
+                        pair = t == "none" and rep < m.cbt_reps and wl.name in m.cbt_workloads
+                        cbt = (f"[{kind}] changed-block tracking rep {rep + 1}/"
+                               f"{min(m.reps, m.cbt_reps)}: origin tracked, {wl.name} "
+                               "(time-based)", run + 1, partial(self.cbt_one, wl, rep), kind)
+                        if pair and rep % 2:
+                            add(*cbt)
                         fill = 6.0 if passes == 2 and wl.rw != "write" else 0.0
                         add(f"[{kind}] compare rep {rep + 1}/{m.reps} {t:5s} {wl.name} ({what})",
                             passes * run + open_w[t] + fill,
-                            partial(self.compare_one, t, wl, rep, False), kind)
+                            partial(self.compare_one, t, wl, rep, False, pair), kind)
+                        if pair and not rep % 2:
+                            add(*cbt)
             for frac in m.fracs:
                 for rep in range(m.snapread_reps):
                     for t in m.snapread_targets:

@@ -16,6 +16,8 @@ from cblb.cli import build_parser, main
 BASE = {"seq1m": 400e6, "rand4k": 8e6, "db": 6e6}
 FACTOR = {"none": (1.0, 1.0), "cblb": (0.6, 0.98), "dm4k": (0.15, 0.9), "dm64k": (0.2, 0.85)}
 DEVS = {"ram": 1.0, "ssd": 0.5}   # the ssd set is slower; ratios the same
+CBT = 0.996                        # tracked / untracked origin write throughput
+MiB, TiB = 1 << 20, 1 << 40
 
 
 def synthetic(reps: int = 3, seed: int = 1) -> dict:
@@ -54,8 +56,17 @@ def synthetic(reps: int = 3, seed: int = 1) -> dict:
                             if t.startswith("dm"):
                                 info = {"dm_status": {"before": "0 100 snapshot 16/200 16",
                                                       "after": "0 100 snapshot 16400/200 16"}}
+                        paired = t == "none" and rep >= 0 and wl in ("seq1m", "rand4k")
                         add(m, experiment="compare", target=t, workload=wl, phase=ph, rep=rep,
-                            warmup=rep < 0, device=dev, info=info)
+                            warmup=rep < 0, device=dev, info=info,
+                            **({"cbt_paired": True} if paired else {}))
+                        if paired:   # the origin tracked, next to the untracked run
+                            add({**m, "write_bw": bw * CBT, "write_iops": bw * CBT /
+                                 WORKLOADS[wl].bs, "memory_bytes": 32768.0,
+                                 "block_size": 4096.0, "size_bytes": 512.0 * MiB,
+                                 "changed_blocks": 100.0}, experiment="cbt",
+                                target="tracked", workload=wl, phase="base", rep=rep,
+                                variant="tracked", device=dev)
         for rep in range(reps):
             for t in ("cblb", "dm4k"):
                 for frac in (0.1, 0.5):
@@ -85,6 +96,9 @@ def synthetic(reps: int = 3, seed: int = 1) -> dict:
             add({"write_bw": 8e6 * rnd.uniform(0.99, 1.01), "runtime_s": 5.0},
                 experiment="tracer", target=variant, workload="rand4k", phase="base",
                 rep=pair, variant=variant)
+    add({"memory_bytes": 32.0 * MiB, "block_size": 8192.0, "size_bytes": float(TiB),
+         "cbt_memory_per_tib_bytes": 32.0 * MiB}, experiment="cbt", target="tracked",
+        phase="memory", info={"device": "/dev/loop9"})
     add({"hash_bw": 50e6, "read_bw": 100e6, "bytes": 8 << 20}, experiment="verify",
         target="cblb", workload="hash", phase="snapshot", info={"engine": "reference: test"})
     return {"schema": 1, "meta": {
@@ -138,7 +152,7 @@ def test_analysis_is_internally_consistent():
     assert {"rewrite_rand4k", "rewrite_seq1m", "first_rand4k", "first_rand4k_vs_dm4k",
             "first_rand4k_p99", "first_seq1m", "first_seq1m_vs_dm4k", "first_seq1m_vs_dm64k",
             "start_ms", "index_bytes", "tracer_cost", "total_max", "snapread_0.1",
-            "snapread_0.5"} <= names
+            "snapread_0.5", "cbt_seq1m", "cbt_rand4k", "cbt_memory_tib"} <= names
 
 
 def test_every_issue_target_is_judged_on_both_devices():
@@ -213,7 +227,7 @@ def test_quick_plan_fits_the_time_budget():
     total = sum(s.weight for s in steps)
     assert total < 17 * 60, total
     assert mode.runtime >= 5 and mode.reps >= 2 and mode.snapread_reps >= 2
-    assert {s.device for s in steps} == {"ram", "ssd"}
+    assert {s.device for s in steps if s.device} == {"ram", "ssd"}
     labels = " ".join(s.label for s in steps)
     assert "[ssd] compare rep 2/2" in labels and "[ram] compare rep 2/2" in labels
     assert labels.count("write hook cost") == 2 * mode.tracer_pairs
@@ -245,7 +259,8 @@ def test_render_writes_report_json_and_figures(tmp_path: Path):
     assert an.check_consistency(data) == []
     for png in ("write_throughput.png", "latency_p50.png", "latency_p99.png",
                 "snapshot_reads.png", "start_latency.png", "cow_per_byte.png",
-                "file_growth.png", "index_memory.png", "totals.png", "tracer_catalog.png"):
+                "file_growth.png", "index_memory.png", "totals.png", "tracer_catalog.png",
+                "cbt_cost.png"):
         assert (tmp_path / png).stat().st_size > 1000, png
         assert f"src='{png}'" in html
     assert "QEMU TCG" in html and "6.12.0-test" in html and "cblb bench --quick" in html
@@ -259,6 +274,7 @@ def test_render_with_missing_experiments(tmp_path: Path):
     res["runs"] = [r for r in res["runs"] if r["experiment"] == "compare"]
     p = report.render(res, tmp_path)
     assert "not measured in this run" in p.read_text()
+    assert "Kernel memory of changed-block tracking per TiB: not measured" in p.read_text()
     assert an.check_consistency(json.loads((tmp_path / "results.json").read_text())) == []
 
 
@@ -322,3 +338,206 @@ def test_report_shows_both_devices_targets_and_the_physical_limit(tmp_path: Path
     assert "Every measured run did." in html
     assert "physical limit" in html
 
+
+
+# ---- changed-block tracking (issue 12) ------------------------------------------------------
+def test_cbt_ratios_pair_the_tracked_runs_with_the_untracked_ones():
+    res = an.analyse(synthetic())
+    assert an.check_consistency(res) == []
+    R = an.by_name(res["ratios"])
+    for dev in ("ram", "ssd"):
+        for wl in ("seq1m", "rand4k"):
+            for m, _ in an.COMPARE_METRICS:
+                assert f"cbt/{dev}/{wl}/{m}" in R, (dev, wl, m)
+            r = R[f"cbt/{dev}/{wl}/write_bw"]
+            assert r["num"] == {"experiment": "cbt", "device": dev, "target": "tracked",
+                                "workload": wl, "phase": "base"}
+            assert r["den"] == {"experiment": "compare", "device": dev, "target": "none",
+                                "workload": wl, "cbt_paired": True}
+            # each repetition's tracked run against its own untracked run: exactly CBT
+            assert r["per_rep"] == pytest.approx([CBT] * 3)
+            assert r["rep_lo"] == pytest.approx(CBT) and r["rep_hi"] == pytest.approx(CBT)
+        assert f"cbt/{dev}/db/write_bw" not in R        # db is not measured tracked
+
+
+def test_cbt_baseline_is_only_the_paired_no_snapshot_runs():
+    res = synthetic()
+    for r in res["runs"]:   # rep 2's no-snapshot runs have no tracked run beside them
+        if r["experiment"] == "compare" and r["rep"] == 2:
+            r.pop("cbt_paired", None)
+        if r["experiment"] == "compare" and r["target"] == "none" and r["rep"] == 2:
+            r["metrics"]["write_bw"] *= 10     # and must not weigh in
+    res["runs"] = [r for r in res["runs"] if not (r["experiment"] == "cbt" and r["rep"] == 2)]
+    an.analyse(res)
+    assert an.check_consistency(res) == []
+    r = an.by_name(res["ratios"])["cbt/ram/rand4k/write_bw"]
+    assert r["den_n"] == 2 and len(r["per_rep"]) == 2
+    assert r["value"] == pytest.approx(CBT, rel=0.06)
+    # the comparison's own baseline still pools every no-snapshot run
+    assert an.by_name(res["ratios"])["compare/ram/rand4k/first/cblb/write_bw"]["den_n"] == 3
+
+
+def test_cbt_cost_target_on_both_devices():
+    res = synthetic()
+    for r in res["runs"]:    # the ssd set's tracked random writes lose 3%
+        if r["experiment"] == "cbt" and r.get("device") == "ssd" and r["workload"] == "rand4k":
+            r["metrics"]["write_bw"] *= 0.97 / CBT
+    an.analyse(res)
+    assert an.check_consistency(res) == []
+    by = {(t["name"], t["device"]): t for t in res["targets"]}
+    for name, *_ in an.CBT_TARGETS:
+        for dev in ("ram", "ssd"):
+            t = by[(name, dev)]
+            assert t["unit"] == "frac" and t["op"] == "<=" and t["threshold"] == 0.01
+            assert isinstance(t["met"], bool) and t["n"] == 3
+            assert t["lo"] <= t["value"] <= t["hi"]
+            assert t["source"] == f"cbt/{dev}/{name[4:]}/write_bw"
+    assert by[("cbt_seq1m", "ram")]["value"] == pytest.approx(1 - CBT)
+    assert by[("cbt_seq1m", "ram")]["met"] is True
+    assert by[("cbt_rand4k", "ram")]["met"] is True
+    assert by[("cbt_rand4k", "ssd")]["value"] == pytest.approx(0.03)
+    assert by[("cbt_rand4k", "ssd")]["met"] is False
+
+
+def test_cbt_memory_per_tib_in_results_and_target():
+    res = an.analyse(synthetic())
+    c = res["cbt"]
+    assert c["memory_per_tib_bytes"] == 32 * MiB and c["block_size_per_tib"] == 8192
+    assert c["origins"]["ram"] == {"memory_bytes": 32768, "block_size": 4096,
+                                   "size_bytes": 512 * MiB}
+    assert set(c["origins"]) == {"ram", "ssd"}
+    t = next(t for t in res["targets"] if t["name"] == "cbt_memory_tib")
+    assert (t["value"], t["unit"], t["op"], t["threshold"]) == (32.0, "MiB", "<=", 32.0)
+    assert t["met"] is True and t["device"] == "ram" and "8 KiB per map bit" in t["note"]
+    # more than 32 MiB per TiB misses it
+    res = synthetic()
+    for r in res["runs"]:
+        if r["experiment"] == "cbt" and r["phase"] == "memory":
+            r["metrics"]["cbt_memory_per_tib_bytes"] = 48.0 * MiB
+    an.analyse(res)
+    assert next(t for t in res["targets"] if t["name"] == "cbt_memory_tib")["met"] is False
+    assert an.check_consistency(res) == []
+
+
+def test_cbt_not_measured_is_shown_as_such():
+    res = synthetic()
+    res["runs"] = [r for r in res["runs"] if r["experiment"] != "cbt"]
+    an.analyse(res)
+    assert an.check_consistency(res) == []
+    assert res["cbt"] == {"memory_per_tib_bytes": None, "block_size_per_tib": None,
+                          "origins": {}}
+    assert not [r for r in res["ratios"] if r["name"].startswith("cbt/")]
+    by = {(t["name"], t["device"]): t for t in res["targets"]}
+    assert by[("cbt_rand4k", "ssd")]["met"] is None
+    assert by[("cbt_memory_tib", "ram")]["met"] is None
+
+
+def test_consistency_check_catches_tampered_cbt_figures():
+    res = an.analyse(synthetic())
+    res["cbt"]["memory_per_tib_bytes"] = 1.0
+    assert any("cbt" in p for p in an.check_consistency(res))
+    res = an.analyse(synthetic())
+    next(t for t in res["targets"] if t["name"] == "cbt_memory_tib")["value"] = 16.0
+    assert any("cbt_memory_tib" in p for p in an.check_consistency(res))
+    res = an.analyse(synthetic())
+    next(t for t in res["targets"] if t["name"] == "cbt_rand4k")["value"] = 0.5
+    assert any("cbt_rand4k" in p for p in an.check_consistency(res))
+    res = an.analyse(synthetic())
+    del res["cbt"]
+    assert "missing top-level key cbt" in an.check_consistency(res)
+
+
+def test_report_shows_cbt_cost_and_memory(tmp_path: Path):
+    html = report.render(synthetic(), tmp_path).read_text()
+    assert "Changed-block tracking: cost on origin writes and kernel memory" in html
+    assert "src='cbt_cost.png'" in html
+    assert "changed-block tracking costs &lt;= 1% of origin write bandwidth" in html
+    assert "&lt;= 1%" in html and "&lt;= 32 MiB" in html     # the goals
+    assert "0.4%" in html                                      # the measured cost
+    assert "32 MiB per TiB of origin (both maps, 8 KiB per bit" in html
+    assert "The bench&#39;s ram origin (512 MiB): 32 KiB, 4 KiB per bit." in html
+    assert "cbt/ram/rand4k/write_bw" in html and "cbt/ssd/seq1m/write_p99_us" in html
+    # one note per target row, not one per device
+    assert html.count("each repetition: the tracked run next to") == 2
+
+
+def test_plans_pair_each_tracked_run_with_a_no_snapshot_run():
+    for name, mode in runner.MODES.items():
+        r = runner.Runner(mode, Path("/nonexistent"), ctl=object(), argv=["cblb", "bench"])
+        steps = r.plan()
+        assert steps[0].label.startswith("changed-block tracking: kernel memory of a 1 TiB")
+        assert steps[0].device == ""      # never skipped with a device set
+        labels = [s.label for s in steps]
+        reps = min(mode.reps, mode.cbt_reps)
+        for kind in mode.devices:
+            for rep in range(reps):
+                for wl in mode.cbt_workloads:
+                    cbt = [i for i, lab in enumerate(labels) if lab.startswith(
+                        f"[{kind}] changed-block tracking rep {rep + 1}/") and wl in lab]
+                    none = [i for i, lab in enumerate(labels) if lab.startswith(
+                        f"[{kind}] compare rep {rep + 1}/{mode.reps} none  {wl} ")]
+                    assert len(cbt) == 1 and len(none) == 1, (name, kind, rep, wl)
+                    # side by side, the tracked run second in even repetitions
+                    assert cbt[0] - none[0] == (1 if rep % 2 == 0 else -1), (name, rep)
+                    assert steps[none[0]].fn.args[-1] is True   # the record is marked
+        assert sum("changed-block tracking rep" in lab for lab in labels) == \
+            reps * len(mode.cbt_workloads) * len(mode.devices)
+    # tiny runs inside make test: the tracking runs add well under a minute there
+    tiny = runner.Runner(runner.MODES["tiny"], Path("/nonexistent"), ctl=object(),
+                         argv=["cblb", "bench"]).plan()
+    assert sum(s.weight for s in tiny if "changed-block tracking" in s.label) < 60
+
+
+class _FakeLoop:
+    """A loop device of the bench (devices.Loop) that the fake module knows."""
+
+    def __init__(self, device: str, size: int) -> None:
+        self.device, self.size, self.image, self.detached = device, size, Path("/x.img"), False
+
+    def detach(self) -> None:
+        self.detached = True
+
+
+def test_runner_cbt_steps_over_the_fake_module(tmp_path: Path, monkeypatch):
+    """cbt_one tracks the origin for one run and untracks it; cbt_memory reads a 1 TiB
+    origin's maps (cbt.c's sizing, as the fake models it); a snapshot's create leaves its
+    origin tracked after remove, and the runner's cleanup ends that."""
+    from cblb.bench.workloads import FioResult
+    from cblb.control import Controller
+    from cblb.fake import FakeSystem
+
+    fake = FakeSystem(tmp_path / "fake", loaded=True, origin_bytes=64 * MiB)
+    ctl = Controller(system=fake)
+    r = runner.Runner(runner.MODES["tiny"], tmp_path / "out", ctl=ctl, argv=["cblb", "bench"])
+    origin = _FakeLoop("/dev/vdb1", 64 * MiB)
+    r.dev = devices.DeviceSet("ssd", origin, origin, None, {})  # type: ignore[arg-type]
+
+    def fio(wl, filename, size, **kw):
+        fake.write_origin(filename, 0, b"x" * (3 * 4096))   # three map blocks
+        return FioResult(write_bytes=3 * 4096, write_bw=1e6, runtime_s=2.0, argv=["fio"])
+
+    monkeypatch.setattr(runner, "run_fio", fio)
+    r.cbt_one(WORKLOADS["rand4k"], 1)
+    (run,) = [x for x in r.results["runs"] if x["experiment"] == "cbt"]
+    assert (run["target"], run["phase"], run["rep"], run["device"]) == ("tracked", "base", 1,
+                                                                       "ssd")
+    m = run["metrics"]
+    assert m["changed_blocks"] == 3 and m["block_size"] == 4096 and m["write_bw"] == 1e6
+    assert m["memory_bytes"] == 2 * (64 * MiB // 4096 // 8) and m["size_bytes"] == 64 * MiB
+    assert ctl.tracking() == []                          # untracked afterwards
+
+    fake.sizes["/dev/vdb2"] = TiB
+    big = _FakeLoop("/dev/vdb2", TiB)
+    monkeypatch.setattr(runner.dv, "make_loop", lambda size, tag, sparse=False: big)
+    r.cbt_memory()
+    mem = r.results["runs"][-1]
+    assert (mem["phase"], mem["device"]) == ("memory", "ram")
+    assert mem["metrics"]["cbt_memory_per_tib_bytes"] == 32 * MiB
+    assert mem["metrics"]["block_size"] == 8192
+    assert big.detached and ctl.tracking() == []
+
+    ctl.create("s", "/dev/vdb1")
+    ctl.remove("s")
+    assert [t.disk for t in ctl.tracking()] == ["vdb1"]   # create tracks, remove does not end it
+    r.cleanup_snapshots()
+    assert ctl.tracking() == []

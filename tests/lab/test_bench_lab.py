@@ -17,7 +17,7 @@ import pytest
 
 from cblb.bench import analysis as an
 
-pytestmark = pytest.mark.lab
+pytestmark = [pytest.mark.lab, pytest.mark.bench]
 
 
 @pytest.fixture(scope="module")
@@ -59,12 +59,28 @@ def test_every_experiment_produced_figures(quick_report: Path) -> None:
                 assert f"compare/{dev}/{wl}/first/{t}/write_bw" in names
             assert f"compare/{dev}/{wl}/rewrite/cblb/write_bw" in names
         assert {f"snapread/{dev}/cblb/0.1", f"snapread/{dev}/cblb/0.5"} <= names
+        # changed-block tracking's cost: tracked vs the paired untracked no-snapshot runs
+        for wl in ("seq1m", "rand4k"):
+            for m in ("write_bw", "write_iops", "write_p50_us", "write_p99_us"):
+                assert f"cbt/{dev}/{wl}/{m}" in names, (dev, wl, m)
     assert "tracer/loaded_vs_unloaded" in names
     assert any(n.startswith("totals/255/") for n in names)
     # every issue target judged on both devices
     judged = {(t["name"], t["device"]) for t in data["targets"] if t["met"] is not None}
-    for name, *_ in an.DEVICE_TARGETS:
+    for name, *_ in an.DEVICE_TARGETS + an.CBT_TARGETS:
         assert {(name, "ram"), (name, "ssd")} <= judged, name
+    # the tracked runs did track (their writes are in the map), on a map of the bench's
+    # origin; the 1 TiB origin's memory was read (the target is shown, not asserted)
+    tracked = [r for r in data["runs"] if r["experiment"] == "cbt" and r["phase"] == "base"]
+    assert {r["device"] for r in tracked} == {"ram", "ssd"}
+    for r in tracked:
+        assert r["metrics"]["changed_blocks"] > 0 and r["metrics"]["memory_bytes"] > 0
+        assert r["metrics"]["block_size"] >= 4096
+    assert data["cbt"]["memory_per_tib_bytes"] > 0
+    assert data["cbt"]["block_size_per_tib"] >= 4096
+    assert ("cbt_memory_tib", "ram") in judged
+    # the no-snapshot runs beside the tracked ones are marked as their baseline
+    assert any(r["experiment"] == "compare" and r.get("cbt_paired") for r in data["runs"])
     runs = [r for r in data["runs"] if r["experiment"] == "compare" and not r["warmup"]]
     # first touch copies each written byte once; the rewrite pass copies nothing
     for r in runs:

@@ -112,7 +112,15 @@ def test_refused_commands(two_loops, scratch_fs: ScratchFs, tmp_path: Path) -> N
         ("start nosuch /tmp 100 1", errno.ENOENT),
         ("remove nosuch", errno.ENOENT),
         ("remove", errno.EINVAL),
-        ("x" * 5000, errno.EINVAL),
+        ("x" * 5000, errno.E2BIG),            # a write is cut at 4096 bytes: too long
+        ("startset", errno.EINVAL),
+        ("startset s1", errno.EINVAL),
+        ("startset s1 nosuch /tmp 2048", errno.EINVAL),
+        ("startset bad/set nosuch /tmp 2048 4", errno.EINVAL),
+        ("startset s1" + " nosuch /tmp 2048 4" * 17, errno.E2BIG),
+        ("track", errno.EINVAL),
+        ("untrack /dev/null extra", errno.EINVAL),
+        ("untrack /nonexistent", errno.ENOENT),
         (b"\x00\xff\xfe create \x01", errno.EINVAL),
     ]
     for line, want in cases:
