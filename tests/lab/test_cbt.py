@@ -242,8 +242,8 @@ def cli_json(*args: str) -> Any:
 
 @pytest.fixture
 def busy_fs(cblb_module: Controller, lab_out: Path) -> Iterator[tuple[ScratchFs, FioLoad]]:
-    fs = build_scratch("ext4", 128, 384)
-    fill_files(fs.mnt / "static", 6, 4)
+    fs = build_scratch("ext4", 64, 256)
+    fill_files(fs.mnt / "static", 4, 4)
     load = FioLoad(fs.mnt, fs.mnt / "static", lab_out / "cbt-fio.log").start()
     yield fs, load
     load.stop()
@@ -268,7 +268,7 @@ def test_ten_cycles_of_incremental_backups_under_fio(busy_fs: tuple[ScratchFs, F
         for k in range(10):
             time.sleep(1)                                  # fio goes on between snapshots
             ctl.create("inc", fs.device)
-            ctl.start("inc", str(fs.catalog_dir), 16384, 16)
+            ctl.start("inc", str(fs.catalog_dir), 16384, 12)
             snap = ctl.snapshot("inc")
             seq, bs = int(attr("inc", "cbt_sequence")), int(attr("inc", "cbt_block_size"))
             changed = int(attr("inc", "cbt_changed_blocks")) * bs
@@ -289,7 +289,7 @@ def test_ten_cycles_of_incremental_backups_under_fio(busy_fs: tuple[ScratchFs, F
                 assert changed > 0, f"cycle {k}: fio wrote, the map is empty"
                 assert size <= 2 * changed + (1 << 20), \
                     f"cycle {k}: incremental {size} bytes for {changed} changed"
-            if k in (0, 9):
+            if k == 9:
                 r = cli("verify", str(restored), "--against", "inc")
                 assert r.returncode == 0, r.stdout + r.stderr
             assert load.running(), "fio stopped"
