@@ -76,7 +76,7 @@ def cmd(line: str) -> int:
 def raw_origin(cblb_module: Controller) -> Iterator[tuple[LoopDev, Path]]:
     """A raw 64 MiB origin (no filesystem: every write is the test's own) and a catalog."""
     origin, cat = make_loop(64, "cbt-origin"), make_loop(128, "cbt-cat")
-    sh(f"mkfs.ext4 -q -F {cat.device}")
+    sh(f"mkfs.ext4 -q -F -E nodiscard {cat.device}")
     cmnt = Path(f"/tmp/cblb-cbtcat-{uuid.uuid4().hex[:6]}")
     cmnt.mkdir()
     sh(f"mount {cat.device} {cmnt}")

@@ -185,7 +185,7 @@ def test_kernel_refusals_shown_inline(web_lab, cblb_module, scratch_fs, tmp_path
     stacked = scratch_fs.catalog_mnt / "stacked"
     stacked.mkdir()
     try:
-        sh(f"mkfs.ext4 -q -F {loop} && mount {loop} {stacked}")
+        sh(f"mkfs.ext4 -q -F -E nodiscard {loop} && mount {loop} {stacked}")
         r = post(f"/snapshots/{NAME}/start", {"catalog": str(stacked), "file_mib": "4",
                                               "max_files": "4"})
         assert r.status_code == 422 and "built on the origin" in text(r), text(r)
