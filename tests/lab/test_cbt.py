@@ -251,6 +251,7 @@ def busy_fs(cblb_module: Controller, lab_out: Path) -> Iterator[tuple[ScratchFs,
     teardown_scratch(fs)
 
 
+@pytest.mark.long
 def test_ten_cycles_of_incremental_backups_under_fio(busy_fs: tuple[ScratchFs, FioLoad],
                                                      cblb_module: Controller,
                                                      lab_out: Path) -> None:
