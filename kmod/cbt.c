@@ -143,61 +143,27 @@ static ssize_t generation_show(struct kobject *kobj, struct kobj_attribute *a, c
 	return sysfs_emit(buf, "%pUb\n", &g);
 }
 
-static ssize_t sequence_show(struct kobject *kobj, struct kobj_attribute *a, char *buf)
-{
-	struct cblb_cbt *c = to_cbt(kobj);
-	u64 seq;
-
-	mutex_lock(&c->lock);
-	seq = c->sequence;
-	mutex_unlock(&c->lock);
-	return sysfs_emit(buf, "%llu\n", (unsigned long long)seq);
+/* A number read under c->lock (a restart may be re-making the maps). */
+#define CBT_ATTR(_name, _type, _fmt, _expr)					\
+static ssize_t _name##_show(struct kobject *kobj, struct kobj_attribute *a,	\
+			    char *buf)						\
+{										\
+	struct cblb_cbt *c = to_cbt(kobj);					\
+	_type v;								\
+										\
+	mutex_lock(&c->lock);							\
+	v = (_expr);								\
+	mutex_unlock(&c->lock);							\
+	return sysfs_emit(buf, _fmt "\n", v);					\
 }
 
-static ssize_t block_size_show(struct kobject *kobj, struct kobj_attribute *a, char *buf)
-{
-	struct cblb_cbt *c = to_cbt(kobj);
-	unsigned long v;
-
-	mutex_lock(&c->lock);
-	v = 1UL << c->block_shift;
-	mutex_unlock(&c->lock);
-	return sysfs_emit(buf, "%lu\n", v);
-}
-
-static ssize_t size_sectors_show(struct kobject *kobj, struct kobj_attribute *a, char *buf)
-{
-	struct cblb_cbt *c = to_cbt(kobj);
-	u64 v;
-
-	mutex_lock(&c->lock);
-	v = c->sectors;
-	mutex_unlock(&c->lock);
-	return sysfs_emit(buf, "%llu\n", (unsigned long long)v);
-}
-
+CBT_ATTR(sequence, unsigned long long, "%llu", c->sequence)
+CBT_ATTR(block_size, unsigned long, "%lu", 1UL << c->block_shift)
+CBT_ATTR(size_sectors, unsigned long long, "%llu", c->sectors)
 /* Blocks written since the last start: the current map's weight (a moving count). */
-static ssize_t changed_blocks_show(struct kobject *kobj, struct kobj_attribute *a, char *buf)
-{
-	struct cblb_cbt *c = to_cbt(kobj);
-	unsigned int n;
-
-	mutex_lock(&c->lock);
-	n = bitmap_weight(c->map[smp_load_acquire(&c->state) & 1], c->nbits);
-	mutex_unlock(&c->lock);
-	return sysfs_emit(buf, "%u\n", n);
-}
-
-static ssize_t memory_bytes_show(struct kobject *kobj, struct kobj_attribute *a, char *buf)
-{
-	struct cblb_cbt *c = to_cbt(kobj);
-	size_t v;
-
-	mutex_lock(&c->lock);
-	v = 2 * BITS_TO_LONGS(c->nbits) * sizeof(long);
-	mutex_unlock(&c->lock);
-	return sysfs_emit(buf, "%zu\n", v);
-}
+CBT_ATTR(changed_blocks, unsigned int, "%u",
+	 bitmap_weight(c->map[smp_load_acquire(&c->state) & 1], c->nbits))
+CBT_ATTR(memory_bytes, size_t, "%zu", 2 * BITS_TO_LONGS(c->nbits) * sizeof(long))
 
 static struct kobj_attribute cbt_dev_attr = __ATTR_RO(dev);
 static struct kobj_attribute cbt_generation_attr = __ATTR_RO(generation);
