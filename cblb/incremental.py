@@ -56,9 +56,10 @@ changed map block re-hashed from the snapshot (only those are read). ``cblb veri
 
 **Restore** (``cblb restore IMAGE TARGET``) follows the ``base`` links from IMAGE back to
 the full backup, checking each (same generation, sequence one less, same origin and size,
-the manifest it was taken on), writes the full image to TARGET, applies every incremental
-in order, fsyncs, and reads TARGET back (its cached pages dropped first) against IMAGE's
-manifest: any differing block fails the restore with its ranges.
+the manifest it was taken on), writes the full image to TARGET, then from each incremental the
+bytes no newer link holds (``newest_pieces``: every byte written once more at most, so a
+long chain costs what a short one does), fsyncs, and reads TARGET back (its cached pages
+dropped first) against IMAGE's manifest: any differing block fails the restore with its ranges.
 
 A chain breaks when the module's generation of the origin changes (module reloaded, origin
 resized or its medium changed, ``untrack`` then tracking again) or a start is not backed up
@@ -778,7 +779,8 @@ class Restore:
         full = self.chain[0]
         if full.kind != "full":
             raise CblbError(f"the chain of {image} does not begin with a full backup", E.EINVAL)
-        self.data_bytes = full.size + sum(link.data_bytes for link in self.chain[1:])
+        self.pieces = newest_pieces(self.chain[1:])
+        self.data_bytes = full.size + sum(n for _l, ps in self.pieces for _o, n, _p in ps)
         self.total_bytes = self.data_bytes + self.size
 
     def run(self, progress: Progress | None = None, threads: int | None = None
@@ -806,8 +808,8 @@ class Restore:
                     os.ftruncate(fd, 0)
                     os.ftruncate(fd, self.size)
                 written = self._write_full(fd, h, progress, threads)
-                for link in self.chain[1:]:
-                    written += _apply(link, fd, self.target, progress)
+                for link, pieces in self.pieces:
+                    written += _apply(link, pieces, fd, self.target, progress)
                 os.fsync(fd)
                 try:
                     os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # read back the disk
@@ -853,13 +855,74 @@ class Restore:
             return compare(eng, src, man, progress)
 
 
-def _apply(link: Link, fd: int, target: str, progress: Progress | None) -> int:
-    """Write an incremental's extents onto ``fd``; returns the bytes written."""
+def _subtract(extents: list[tuple[int, int]], covered: list[tuple[int, int]]
+              ) -> list[tuple[int, int]]:
+    """The parts of sorted, disjoint ``extents`` outside sorted, disjoint ``covered``."""
+    out: list[tuple[int, int]] = []
+    ends = [(o, o + n) for o, n in covered]
+    i = 0
+    for off, n in extents:
+        a, b = off, off + n
+        while i < len(ends) and ends[i][1] <= a:
+            i += 1
+        j = i
+        while a < b and j < len(ends) and ends[j][0] < b:
+            c0, c1 = ends[j]
+            if c0 > a:
+                out.append((a, c0 - a))
+            a = max(a, c1)
+            j += 1
+        if a < b:
+            out.append((a, b - a))
+    return out
+
+
+def _merge(x: list[tuple[int, int]], y: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The union of two sorted, disjoint extent lists, sorted and disjoint."""
+    out: list[tuple[int, int]] = []
+    for off, n in sorted(x + y):
+        if out and off <= out[-1][0] + out[-1][1]:
+            o, m = out[-1]
+            out[-1] = (o, max(o + m, off + n) - o)
+        else:
+            out.append((off, n))
+    return out
+
+
+def newest_pieces(incrementals: list[Link]) -> list[tuple[Link, list[tuple[int, int, int]]]]:
+    """What each incremental of a chain must write so that every byte is written once, from
+    the newest link that holds it: per link (oldest first), ``(device offset, length, offset
+    in the image file)`` pieces. A restore then writes the full image plus at most one device
+    size more, however long the chain."""
+    covered: list[tuple[int, int]] = []
+    plan: list[tuple[Link, list[tuple[int, int, int]]]] = []
+    for link in reversed(incrementals):
+        # where each extent's data starts in the file
+        starts, pos = [], link.data_offset
+        for off, n in link.extents:
+            starts.append((off, n, pos))
+            pos += n
+        mine = _subtract(link.extents, covered)
+        pieces, k = [], 0
+        for off, n in mine:            # map each kept piece back into its extent's data
+            while starts[k][0] + starts[k][1] <= off:
+                k += 1
+            eoff, _en, epos = starts[k]
+            pieces.append((off, n, epos + off - eoff))
+        plan.append((link, pieces))
+        covered = _merge(covered, link.extents)
+    plan.reverse()
+    return plan
+
+
+def _apply(link: Link, pieces: list[tuple[int, int, int]], fd: int, target: str,
+           progress: Progress | None) -> int:
+    """Write an incremental's ``pieces`` (newest_pieces) onto ``fd``; returns the bytes
+    written."""
     n = 0
     with open(link.path, "rb") as f:
         src = f.fileno()
-        pos = link.data_offset
-        for off, length in link.extents:
+        for off, length, pos in pieces:
             done = 0
             while done < length:
                 want = min(COPY_PIECE, length - done)
