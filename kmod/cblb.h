@@ -110,9 +110,11 @@ struct cblb_flight {
 	struct list_head node;		/* snapshot->flights (read_lock) or free (flight_lock) */
 	struct cblb_snapshot *snap;
 	unsigned int n;
+	u64 top;			/* while filling: the largest chunk in chunks[] */
 	u64 first_slot;			/* chunks[i] is in slot first_slot + i */
 	atomic_t pending;		/* store writes in the air, +1 while submitting */
 	blk_status_t status;
+	struct work_struct write_work;	/* write_wq: send the store writes */
 	struct work_struct done_work;
 	u64 chunks[CBLB_BATCH_CHUNKS];	/* sorted */
 	struct page *pages[CBLB_BATCH_CHUNKS];
@@ -218,6 +220,7 @@ struct cblb_snapshot {
 	struct bio_list pending;	/* Protected by pending_lock */
 	struct workqueue_struct *wq;	/* the worker: one at a time */
 	struct workqueue_struct *done_wq;	/* ordered: flights landing, index writes */
+	struct workqueue_struct *write_wq;	/* ordered: flights' store writes sent */
 	struct work_struct cow_work;
 	struct xarray index;		/* chunk pair -> two (slot + 1) values, see index.c */
 	atomic64_t cow_chunks;

@@ -8,8 +8,8 @@
  * straight through. The others are queued in arrival order on snapshot->pending; one work
  * item per snapshot (never running twice at once) gathers their chunks into a batch, reads
  * runs of consecutive chunks with one bio each into a free flight's pages, stages the
- * flight, releases the writes, then submits the flight's store writes. A write to a chunk
- * already queued is queued behind it, so no write ever passes a copy in progress.
+ * flight, releases the writes, then hands the flight's store writes to write_wq. A write
+ * to a chunk already queued is queued behind it, so no write ever passes a copy in progress.
  *
  * Lock story:
  * - pending_lock (irq-safe spinlock) protects pending; bios are queued from submitters
@@ -21,6 +21,8 @@
  * - flight_lock (spinlock) protects free_flights and nr_free_flights; the worker waits
  *   on flight_wq for one. nr_flights (flights with pages) belongs to the worker.
  * - The index has one writer: done_wq, an ordered workqueue that lands flights.
+ * - write_wq (ordered) sends each staged flight's store writes; a flight is on it between
+ *   staging and its last store write, so the worker never waits on the store's queue.
  * - Snapshot reads of the origin are registered by chunk range (reads.c). Before any
  *   write is released the worker waits for registered reads overlapping it; the chunks
  *   are staged first, so no new read of them registers. A write to chunks already taken
@@ -28,7 +30,7 @@
  *   queued like a first write, so it never passes a snapshot read that started before
  *   the copy was staged.
  * Context: cblb_cow_intercept() runs in the submitter's context and never blocks; the
- * worker and done_wq run in process context (WQ_MEM_RECLAIM: they are on the writeback
+ * worker, write_wq and done_wq run in process context (WQ_MEM_RECLAIM: they are on the writeback
  * path) and allocate with GFP_NOIO; store-write completions run in any context.
  */
 #define pr_fmt(fmt) "cblb: " fmt
@@ -345,12 +347,22 @@ static unsigned int store_run(struct cblb_store *st, struct cblb_flight *f, unsi
 }
 
 /*
+ * Store writes are flagged like O_DIRECT writes (REQ_SYNC | REQ_IDLE): writeback
+ * throttling (wbt) leaves those alone. As plain writes they were held to a queue depth of
+ * one or two whenever the store's latency exceeded wbt's target, and the pipeline with them.
+ */
+#define CBLB_COPY_WRITE		(REQ_SYNC | REQ_IDLE)
+
+/*
  * Write the flight's pages to their slots (DIRECT): pieces that are contiguous on the
  * store device share a bio. The flight lands in done_wq when the last one completes; a
- * FILE store is written there instead.
+ * FILE store is written there instead. Runs in write_wq, so that the COW worker never
+ * waits for the store device's queue: it goes on to the next origin write at once.
  */
-static void flight_write(struct cblb_snapshot *s, struct cblb_flight *f)
+static void flight_write_fn(struct work_struct *work)
 {
+	struct cblb_flight *f = container_of(work, struct cblb_flight, write_work);
+	struct cblb_snapshot *s = f->snap;
 	struct cblb_store *st = &s->store;
 	struct bio *bio = NULL;
 	struct blk_plug plug;
@@ -375,7 +387,8 @@ static void flight_write(struct cblb_snapshot *s, struct cblb_flight *f)
 				if (!bio) {
 					bio = cblb_bio_alloc(st->bdev,
 							     store_run(st, f, i, off, sector),
-							     REQ_OP_WRITE | REQ_SYNC, GFP_NOIO,
+							     REQ_OP_WRITE | CBLB_COPY_WRITE,
+							     GFP_NOIO,
 							     &s->cow_bs);
 					bio->bi_iter.bi_sector = sector;
 					bio->bi_end_io = cblb_cow_endio;
@@ -397,7 +410,7 @@ static void flight_write(struct cblb_snapshot *s, struct cblb_flight *f)
 /*
  * Copy the flight's chunks into memory: reserve slots, read the old data, stage the
  * flight. Worker context. True when staged: the caller releases the writes, then sends
- * the store writes (flight_write). On failure the snapshot has failed and the flight is
+ * the store writes (flight_write_fn). On failure the snapshot has failed and the flight is
  * free again.
  */
 static bool cow_stage_flight(struct cblb_snapshot *s, struct cblb_flight *f)
@@ -432,13 +445,16 @@ static void cow_copy_flight(struct cblb_snapshot *s, struct cblb_flight *f,
 
 	release_ready(s, ready);
 	if (staged)
-		flight_write(s, f);
+		queue_work(s->write_wq, &f->write_work);
 }
 
+/* Is c in the batch being filled? Chunks mostly come in rising order: one compare. */
 static bool batch_has(const struct cblb_flight *f, u64 c)
 {
 	unsigned int i;
 
+	if (!f->n || c > f->top)
+		return false;
 	for (i = f->n; i > 0; i--)
 		if (f->chunks[i - 1] == c)
 			return true;
@@ -523,6 +539,8 @@ static void cow_work_fn(struct work_struct *work)
 				}
 				if (!f)
 					f = flight_get(s);
+				if (!f->n || c > f->top)
+					f->top = c;
 				f->chunks[f->n++] = c++;
 			}
 			bio_list_add(&ready, bio);
@@ -589,6 +607,7 @@ int cblb_cow_init(struct cblb_snapshot *s)
 			goto fail_flights;
 		s->flight_mem[i] = f;
 		f->snap = s;
+		INIT_WORK(&f->write_work, flight_write_fn);
 		INIT_WORK(&f->done_work, flight_done_fn);
 	}
 	for (j = 0; j < CBLB_BATCH_CHUNKS; j++) {
@@ -609,8 +628,14 @@ int cblb_cow_init(struct cblb_snapshot *s)
 	s->done_wq = alloc_ordered_workqueue("cblb_done_%s", WQ_MEM_RECLAIM, s->name);
 	if (!s->done_wq)
 		goto fail_done_wq;
+	s->write_wq = alloc_ordered_workqueue("cblb_write_%s", WQ_MEM_RECLAIM, s->name);
+	if (!s->write_wq)
+		goto fail_write_wq;
 	return 0;
 
+fail_write_wq:
+	destroy_workqueue(s->done_wq);
+	s->done_wq = NULL;
 fail_done_wq:
 	destroy_workqueue(s->wq);
 	s->wq = NULL;
@@ -631,7 +656,10 @@ void cblb_cow_exit(struct cblb_snapshot *s)
 	cblb_cow_drain(s);
 	destroy_workqueue(s->wq);
 	s->wq = NULL;
-	/* store writes still in the air queue their landing when they complete */
+	/* every flight's store writes sent; those still in the air queue their landing
+	 * when they complete */
+	destroy_workqueue(s->write_wq);
+	s->write_wq = NULL;
 	wait_event(s->flight_wq, all_landed(s));
 	destroy_workqueue(s->done_wq);
 	s->done_wq = NULL;

@@ -66,23 +66,28 @@ class FioLoad:
     """fio jobs writing to a mounted origin for as long as the test runs: random in-place
     overwrites of pre-existing files (buffered and O_DIRECT), and sequential new files."""
 
-    def __init__(self, mnt: Path, static: Path, log: Path) -> None:
+    def __init__(self, mnt: Path, static: Path, log: Path, rate_kib: int = 0) -> None:
+        """``rate_kib``: cap each job at that many KiB/s (the random ones at a quarter and a
+        half of it), for a load that leaves the emulated CPU to the test; 0: flat out."""
         files = sorted(static.glob("*.bin"))
         half = len(files) // 2
         direct = ":".join(str(f).replace(":", "\\:") for f in files[:half])
         buffered = ":".join(str(f).replace(":", "\\:") for f in files[half:])
         load = mnt / "load"
         load.mkdir(exist_ok=True)
-        common = ["--time_based", "--runtime=900", "--randrepeat=0", "--overwrite=1",
+        common = ["--time_based", "--runtime=7200", "--randrepeat=0", "--overwrite=1",
                   "--ioengine=psync", "--group_reporting"]
+
+        def rate(kib: int) -> list[str]:
+            return [f"--rate={max(kib, 4)}k"] if rate_kib else []
         self.argv = ["fio", "--output", str(log),
                      "--name=rand-direct", f"--filename={direct}", "--rw=randwrite",
-                     "--bs=4k", "--direct=1", *common,
+                     "--bs=4k", "--direct=1", *common, *rate(rate_kib // 4),
                      "--name=rand-buffered", f"--filename={buffered}", "--rw=randwrite",
-                     "--bs=16k", "--direct=0", "--fsync=32", *common,
+                     "--bs=16k", "--direct=0", "--fsync=32", *common, *rate(rate_kib // 2),
                      "--name=seq", f"--directory={load}", "--rw=write", "--bs=1m",
-                     "--size=24m", "--direct=0", "--time_based", "--runtime=900",
-                     "--ioengine=psync"]
+                     "--size=24m", "--direct=0", "--time_based", "--runtime=7200",
+                     "--ioengine=psync", *rate(rate_kib)]
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> "FioLoad":

@@ -252,7 +252,9 @@ def cli_json(*args: str) -> Any:
 def busy_fs(cblb_module: Controller, lab_out: Path) -> Iterator[tuple[ScratchFs, FioLoad]]:
     fs = build_scratch("ext4", 64, 256)
     fill_files(fs.mnt / "static", 4, 4)
-    load = FioLoad(fs.mnt, fs.mnt / "static", lab_out / "cbt-fio.log").start()
+    # Capped (about 900 KiB/s in all): the changes of one cycle are a part of the device,
+    # as between real backups, and fio leaves the emulated CPU to the backups.
+    load = FioLoad(fs.mnt, fs.mnt / "static", lab_out / "cbt-fio.log", rate_kib=512).start()
     yield fs, load
     load.stop()
     cleanup_snapshots(cblb_module)
