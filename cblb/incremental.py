@@ -51,7 +51,9 @@ temporary file, fsynced, then renamed to IMAGE after ``IMAGE.manifest`` is in pl
 interrupted incremental leaves nothing (run it again). ``IMAGE.manifest`` is the manifest of
 the whole device at that snapshot (cblb/manifest.py, the previous backup's block size and
 algorithm): the previous manifest's digests, with every manifest block that overlaps a
-changed map block re-hashed from the snapshot (only those are read). ``cblb verify`` and
+changed map block re-hashed from the snapshot (only those are read, and the unchanged
+blocks between two changes at most ``READ_GAP`` apart, so that scattered changes cost few
+reads). ``cblb verify`` and
 ``cblb restore`` need no other file.
 
 **Restore** (``cblb restore IMAGE TARGET``) follows the ``base`` links from IMAGE back to
@@ -413,13 +415,21 @@ class _Group:
     extents: list[tuple[int, int]]
 
 
-def group_extents(extents: list[tuple[int, int]], mblock: int, size: int) -> list[_Group]:
+READ_GAP = 64 << 10     # unchanged bytes read between two changed extents, not two reads
+
+
+def group_extents(extents: list[tuple[int, int]], mblock: int, size: int,
+                  gap: int = READ_GAP) -> list[_Group]:
     """The manifest blocks that overlap the extents, in disjoint groups: a manifest block
-    larger than a map block is read once even when several extents touch it."""
+    larger than a map block is read once even when several extents touch it, and extents
+    at most ``gap`` bytes apart share one read (scattered 4 KiB changes would otherwise
+    cost one system call and one task each: reading the gap is cheaper; its blocks are
+    re-hashed to the digests they already had)."""
     groups: list[_Group] = []
+    gap_blocks = gap // mblock
     for off, n in extents:
         first, end = off // mblock, -(-min(off + n, size) // mblock)
-        if groups and first <= groups[-1].end:
+        if groups and first <= groups[-1].end + gap_blocks:
             groups[-1].end = max(groups[-1].end, end)
             groups[-1].extents.append((off, n))
         else:

@@ -257,7 +257,10 @@ def test_cycles_full_then_incrementals_restore_and_verify(fake, ctl, dirs, tmp_p
         nbytes = sum(min(BS, SIZE - b * BS) for b in changed)
         assert j["bytes_copied"] == nbytes
         assert j["image_bytes"] == os.path.getsize(img) <= nbytes + 8192   # header + table
-        assert j["manifest_blocks_rehashed"] == want_blocks
+        # changed blocks, and the unchanged ones read between changes at most READ_GAP apart
+        assert want_blocks <= j["manifest_blocks_rehashed"] <= \
+            want_blocks + j["extents"] * I.READ_GAP // 4096
+        assert j["bytes_read"] == j["manifest_blocks_rehashed"] * 4096
         assert {"seconds", "mb_per_s", "extents", "generation", "sequence"} <= j.keys()
         assert j["sequence"] == cycle + 2 and j["bytes"] == SIZE
         data = snap_bytes(fake)
@@ -627,10 +630,17 @@ def test_changed_runs_reads_bits_lsb_first():
 
 def test_group_extents_merges_shared_manifest_blocks():
     ext = [(0, 4096), (8192, 4096), (65536 * 3, 4096)]
-    g = I.group_extents(ext, 65536, 1 << 20)
+    g = I.group_extents(ext, 65536, 1 << 20, gap=0)
     assert [(x.first, x.end, len(x.extents)) for x in g] == [(0, 1, 2), (3, 4, 1)]
-    g = I.group_extents(ext, 1024, 1 << 20)
+    g = I.group_extents(ext, 1024, 1 << 20, gap=0)
     assert [(x.first, x.end) for x in g] == [(0, 4), (8, 12), (192, 196)]
+    # extents up to `gap` bytes apart share one read
+    g = I.group_extents(ext, 1024, 1 << 20, gap=4096)
+    assert [(x.first, x.end, len(x.extents)) for x in g] == [(0, 12, 2), (192, 196, 1)]
+    g = I.group_extents(ext, 1024, 1 << 20)            # the default, 64 KiB
+    assert [(x.first, x.end, len(x.extents)) for x in g] == [(0, 12, 2), (192, 196, 1)]
+    g = I.group_extents(ext, 1024, 1 << 20, gap=1 << 20)
+    assert [(x.first, x.end, len(x.extents)) for x in g] == [(0, 196, 3)]
 
 
 def test_incremental_header_is_self_describing(chain):
