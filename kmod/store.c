@@ -30,8 +30,9 @@
  *   nr_ready counts it, read with smp_load_acquire(); it never changes until exit.
  * - next_slot belongs to the COW worker; the preparer only peeks at it.
  * Context: cblb_store_alloc() runs in the COW worker, cblb_store_write_file() in the COW
- * pipeline's completion workqueue; both may sleep; cblb_store_read_file() runs in st->read_wq; cblb_store_locate() never sleeps
- * (submit paths).
+ * pipeline's completion workqueue (done_wq); both may sleep. cblb_store_read_file() runs
+ * in st->read_wq. cblb_store_locate() never sleeps (snapshot read submission, the COW
+ * pipeline's store writes in write_wq).
  */
 #define pr_fmt(fmt) "cblb: " fmt
 
@@ -487,7 +488,7 @@ static struct file *store_slot_file(struct cblb_store *st, u64 slot, loff_t *pos
 }
 
 /*
- * FILE: write one chunk to its slot through the filesystem. COW worker context. The
+ * FILE: write one chunk to its slot through the filesystem. done_wq context. The
  * worker must not be throttled on other devices' dirty pages (the origin's writeback may
  * be waiting for it) nor recurse into I/O to reclaim memory: loop's flags.
  */
