@@ -26,6 +26,7 @@ from conftest import (
     build_scratch,
     cleanup_snapshots,
     make_loop,
+    mkfs,
     sh,
     teardown_scratch,
 )
@@ -79,7 +80,7 @@ def cmd(line: str) -> int:
 def raw_origin(cblb_module: Controller) -> Iterator[tuple[LoopDev, Path]]:
     """A raw 64 MiB origin (no filesystem: every write is the test's own) and a catalog."""
     origin, cat = make_loop(64, "cbt-origin"), make_loop(128, "cbt-cat")
-    sh(f"mkfs.ext4 -q -F -E nodiscard {cat.device}")
+    mkfs(cat.device, "ext4")
     cmnt = Path(f"/tmp/cblb-cbtcat-{uuid.uuid4().hex[:6]}")
     cmnt.mkdir()
     sh(f"mount {cat.device} {cmnt}")

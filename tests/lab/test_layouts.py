@@ -27,6 +27,7 @@ from conftest import (
     klog_lines,
     make_loop,
     make_partitioned_loop,
+    mkfs,
     sh,
     teardown_scratch,
 )
@@ -328,7 +329,7 @@ def test_catalog_on_loop_over_origin_is_refused(scratch_fs: ScratchFs) -> None:
     lp = LoopDev(backing, sh(f"losetup -f --show {backing}").strip())
     cmnt = Path(f"/tmp/cblb-stack-{uuid.uuid4().hex[:6]}")
     try:
-        sh(f"mkfs.ext4 -q -F -E nodiscard {lp.device}")
+        mkfs(lp.device, "ext4")
         cmnt.mkdir()
         sh(f"mount {lp.device} {cmnt}")
         ctl = Controller()
@@ -361,7 +362,7 @@ def test_catalog_on_dm_over_origin_is_refused(cblb_module: Controller) -> None:
         sectors = 96 * 2048
         sh(f"dmsetup create {dm} --table '0 {sectors // 2} linear {origin.device} "
            f"{sectors // 2}'")
-        sh(f"mkfs.ext4 -q -F -E nodiscard /dev/mapper/{dm}")
+        mkfs(f"/dev/mapper/{dm}", "ext4")
         cmnt.mkdir()
         sh(f"mount /dev/mapper/{dm} {cmnt}")
         cblb_module.create("dmstack", origin.device)

@@ -12,7 +12,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import sh
+from conftest import mkfs, sh
 
 from web import create_app
 
@@ -185,7 +185,8 @@ def test_kernel_refusals_shown_inline(web_lab, cblb_module, scratch_fs, tmp_path
     stacked = scratch_fs.catalog_mnt / "stacked"
     stacked.mkdir()
     try:
-        sh(f"mkfs.ext4 -q -F -E nodiscard {loop} && mount {loop} {stacked}")
+        mkfs(loop, "ext4")
+        sh(f"mount {loop} {stacked}")
         r = post(f"/snapshots/{NAME}/start", {"catalog": str(stacked), "file_mib": "4",
                                               "max_files": "4"})
         assert r.status_code == 422 and "built on the origin" in text(r), text(r)
