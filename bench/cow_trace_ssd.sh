@@ -4,7 +4,7 @@
 #   scripts/lab --kver 6.12 -- bash bench/cow_trace_ssd.sh [MODULE.ko]
 # Prints fio's bandwidth and latency without a snapshot, with one (untraced) and with one
 # traced; the trace (cblb_cow and block_rq_* events) goes to lab-out/ssdtrace.txt. This is
-# how the store-write throttling of kmod/doc/COW.md step 5 was found.
+# how the store-write throttling of kmod/doc/COW.md step 4 was found.
 set -e
 cd "$(dirname "$0")/.."
 KO=${1:-kmod/build/$(uname -r)/cblb_module.ko}

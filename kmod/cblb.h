@@ -14,6 +14,7 @@
  *   store.c      temp files in the catalog: creation, extent map, slot I/O
  *   stack.c      does a device depend on the origin (dm, md, loop, overlayfs)?
  *   snapimage.c  the read-only snapshot block device /dev/<dev>
+ *   overlay.c    its reads of origin runs with scattered copied chunks laid over them
  * Which layouts are handled and which refused: kmod/doc/LAYOUTS.md.
  *
  * Lock story (the big picture; each file details its own):
@@ -59,6 +60,8 @@
 #define CBLB_CHUNK_SECTORS	(CBLB_CHUNK_SIZE >> SECTOR_SHIFT)
 /* Chunks copied per batch (one flight): 1 MiB. */
 #define CBLB_BATCH_CHUNKS	256
+/* Chunks one origin clone of a snapshot read covers at most (1 MiB). */
+#define CBLB_READ_RUN		256
 /* Batches in the air at once per snapshot: caps staged copies at 4 MiB (doc/COW.md).
  * One flight's pages are allocated at start, the others when writes need them. */
 #define CBLB_FLIGHTS		4
@@ -120,10 +123,15 @@ struct cblb_flight {
 	struct page *pages[CBLB_BATCH_CHUNKS];
 };
 
-/* A snapshot read of origin chunks [first, last] in flight, see reads.c. */
+/*
+ * A snapshot read of origin chunks [first, last] in flight, see reads.c. An overlaid run
+ * (overlay.c) reads some of them from the store: bit i of copied set means chunk first + i
+ * is not read from the origin. NULL: every chunk is.
+ */
 struct cblb_read_range {
 	struct list_head node;		/* Protected by snapshot->read_lock */
 	u64 first, last;
+	const unsigned long *copied;
 };
 
 /*
@@ -244,6 +252,9 @@ struct cblb_snapshot {
 	/* the snapshot device */
 	struct gendisk *disk;
 	struct bio_set read_bs;
+	struct bio_set overlay_bs;	/* origin reads of overlaid runs, see overlay.c */
+	struct page *sink_page;		/* where they read copied chunks; never looked at */
+	bool overlay_ok;		/* the origin reads no page back after a read */
 
 	/* Protects store's lifetime (init, a failed start's exit) against sysfs show(). */
 	struct mutex store_mutex;
@@ -326,7 +337,8 @@ void cblb_cow_endio(struct bio *bio);
 
 /* reads.c */
 void cblb_reads_init(struct cblb_snapshot *s);
-void cblb_reads_begin(struct cblb_snapshot *s, struct cblb_read_range *r, u64 first, u64 last);
+void cblb_reads_begin(struct cblb_snapshot *s, struct cblb_read_range *r, u64 first, u64 last,
+		      const unsigned long *copied);
 void cblb_reads_forget(struct cblb_snapshot *s, struct cblb_read_range *r);
 void cblb_reads_end(struct cblb_snapshot *s);
 bool cblb_reads_overlap(struct cblb_snapshot *s, u64 first, u64 last);
@@ -353,6 +365,21 @@ unsigned int cblb_store_locate(struct cblb_store *st, u64 slot, unsigned int off
 unsigned int cblb_store_files(struct cblb_store *st);
 u64 cblb_store_capacity(struct cblb_store *st);
 int cblb_store_show_extents(struct cblb_store *st, char *buf);
+
+/* overlay.c */
+bool cblb_overlay_read(struct cblb_snapshot *s, struct bio *parent, struct bvec_iter *iter);
+void cblb_copy_to_bio(struct bio *bio, struct bvec_iter iter, unsigned int bytes,
+		      const char *src);
+int cblb_overlay_init(struct cblb_snapshot *s);
+void cblb_overlay_exit(struct cblb_snapshot *s);
+
+/* One piece of a snapshot read is done (the parent counts its pieces, bio_inc_remaining). */
+static inline void cblb_read_piece_done(struct bio *parent, blk_status_t status)
+{
+	if (status && !parent->bi_status)
+		parent->bi_status = status;
+	bio_endio(parent);
+}
 
 /* snapimage.c */
 int cblb_snapimage_init(void);

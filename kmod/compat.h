@@ -26,6 +26,7 @@
  * kobject_init(kobj, ktype)          const kobj_type (6.1 stable, 6.2)
  * no media sequence number           disk->diskseq (5.15)
  * blkdev_get_by_dev/blkdev_put       bdev_file_open_by_dev/fput (6.9)
+ * bdev_get_integrity in blkdev.h     in blk-integrity.h (5.16)
  * The kernels between 5.10 and 6.1 are not built here and are refused.
  */
 #ifndef CBLB_COMPAT_H
@@ -45,6 +46,9 @@
 #include <linux/ftrace.h>
 #include <linux/overflow.h>
 #include <linux/slab.h>
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(5, 16, 0)
+#include <linux/blk-integrity.h>
+#endif
 
 #if LINUX_VERSION_CODE < KERNEL_VERSION(5, 10, 0) || \
 	(LINUX_VERSION_CODE >= KERNEL_VERSION(5, 11, 0) && \

@@ -8,7 +8,7 @@
  * straight through. The others are queued in arrival order on snapshot->pending; one work
  * item per snapshot (never running twice at once) gathers their chunks into a batch, reads
  * runs of consecutive chunks with one bio each into a free flight's pages, stages the
- * flight, releases the writes, then hands the flight's store writes to write_wq. A write
+ * flight, hands the flight's store writes to write_wq, then releases the writes. A write
  * to a chunk already queued is queued behind it, so no write ever passes a copy in progress.
  *
  * Lock story:
@@ -409,8 +409,8 @@ static void flight_write_fn(struct work_struct *work)
 
 /*
  * Copy the flight's chunks into memory: reserve slots, read the old data, stage the
- * flight. Worker context. True when staged: the caller releases the writes, then sends
- * the store writes (flight_write_fn). On failure the snapshot has failed and the flight is
+ * flight. Worker context. True when staged: the caller sends the store writes
+ * (flight_write_fn), then releases the writes. On failure the snapshot has failed and the flight is
  * free again.
  */
 static bool cow_stage_flight(struct cblb_snapshot *s, struct cblb_flight *f)
@@ -437,15 +437,17 @@ fail:
 	return false;
 }
 
-/* Stage f, let the writes waiting for it go, then send its store writes. */
+/*
+ * Stage f, start its store writes (in write_wq, so they run while the worker goes on),
+ * then let the writes waiting for it go. The worker does not touch f again: it may land
+ * and be free before release_ready() is done.
+ */
 static void cow_copy_flight(struct cblb_snapshot *s, struct cblb_flight *f,
 			    struct bio_list *ready)
 {
-	bool staged = cow_stage_flight(s, f);
-
-	release_ready(s, ready);
-	if (staged)
+	if (cow_stage_flight(s, f))
 		queue_work(s->write_wq, &f->write_work);
+	release_ready(s, ready);
 }
 
 /* Is c in the batch being filled? Chunks mostly come in rising order: one compare. */

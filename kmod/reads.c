@@ -5,7 +5,8 @@
  * (kmod/doc/LAYOUTS.md, "Origin writes wait only for the reads they must").
  *
  * A piece of a snapshot read that goes to the origin covers a run of uncopied chunks
- * [first, last]. It is registered (cblb_reads_begin) under read_lock after the index and
+ * [first, last] (an overlaid run, overlay.c, also holds copied chunks it reads from the
+ * store: they are marked, and writes to them do not wait). It is registered (cblb_reads_begin) under read_lock after the index and
  * the staged flights said "not copied" under the same lock, and leaves the list when its
  * clone completes. The COW worker stages copied chunks (cow.c) before it asks for
  * overlapping reads, so the reads it waits for all started earlier and the wait ends.
@@ -22,6 +23,7 @@
  * Context: begin/end/overlap never sleep (submit and completion paths); wait and close
  * sleep (COW worker, remove).
  */
+#include <linux/bitops.h>
 #include <linux/spinlock.h>
 #include <linux/wait.h>
 #include "cblb.h"
@@ -35,12 +37,17 @@ void cblb_reads_init(struct cblb_snapshot *s)
 	s->reads_closed = false;
 }
 
-/* Caller holds read_lock and saw reads open. */
-void cblb_reads_begin(struct cblb_snapshot *s, struct cblb_read_range *r, u64 first, u64 last)
+/*
+ * Caller holds read_lock and saw reads open. copied (NULL, or a bitmap that lives as long
+ * as r): the chunks of the run read from the store, which writes need not wait for.
+ */
+void cblb_reads_begin(struct cblb_snapshot *s, struct cblb_read_range *r, u64 first, u64 last,
+		      const unsigned long *copied)
 {
 	lockdep_assert_held(&s->read_lock);
 	r->first = first;
 	r->last = last;
+	r->copied = copied;
 	list_add_tail(&r->node, &s->reads);
 }
 
@@ -72,12 +79,24 @@ void cblb_reads_end(struct cblb_snapshot *s)
 	spin_unlock_irqrestore(&s->read_lock, flags);
 }
 
+/* Does r read any of chunks [first, last] from the origin? */
+static bool range_reads_origin(const struct cblb_read_range *r, u64 first, u64 last)
+{
+	u64 lo = max(first, r->first), hi = min(last, r->last);
+
+	if (lo > hi)
+		return false;
+	if (!r->copied)
+		return true;
+	return find_next_zero_bit(r->copied, hi - r->first + 1, lo - r->first) <= hi - r->first;
+}
+
 static bool reads_overlap_locked(struct cblb_snapshot *s, u64 first, u64 last)
 {
 	struct cblb_read_range *r;
 
 	list_for_each_entry(r, &s->reads, node)
-		if (r->first <= last && r->last >= first)
+		if (range_reads_origin(r, first, last))
 			return true;
 	return false;
 }

@@ -6,8 +6,10 @@
  * one clone (registered in the snapshot's in-flight reads, see reads.c); copied chunks
  * whose slots follow each other on the store device go as one clone (DIRECT) or as a work
  * item that reads the temp file (FILE); a chunk whose copy is still in memory (a staged
- * flight, cow.c) is copied from there at once. The parent completes when its last piece
- * does (bio_inc_remaining / bio_endio).
+ * flight, cow.c) is copied from there at once. A run of uncopied chunks with scattered
+ * copied chunks between goes to the origin as one clone, the copied chunks laid over it
+ * from the store (overlay.c). The parent completes when its last piece does
+ * (bio_inc_remaining / bio_endio).
  *
  * Lock story:
  * - Under snapshot->read_lock a run checks that reads are open (remove has not begun),
@@ -29,9 +31,6 @@
 #include <linux/slab.h>
 #include "cblb.h"
 
-/* Chunks one origin clone of a snapshot read covers at most (1 MiB). */
-#define CBLB_READ_RUN	256
-
 static int cblb_major;
 
 struct cblb_clone {
@@ -51,13 +50,6 @@ struct cblb_file_read {
 	u64 slot;
 	unsigned int off;		/* byte offset of the piece in its chunk */
 };
-
-static void snap_piece_done(struct bio *parent, blk_status_t status)
-{
-	if (status && !parent->bi_status)
-		parent->bi_status = status;
-	bio_endio(parent);
-}
 
 /*
  * A clone is done. The snapshot may be freed as soon as cblb_reads_end() has run (remove
@@ -81,7 +73,7 @@ static void snap_clone_endio(struct bio *bio)
 	if (range)
 		cblb_reads_forget(s, range);	/* before the clone (and range) is freed */
 	bio_put(bio);
-	snap_piece_done(parent, status);
+	cblb_read_piece_done(parent, status);
 	cblb_reads_end(s);
 }
 
@@ -103,7 +95,7 @@ static void snap_file_read_fn(struct work_struct *work)
 			break;
 		off += bv.bv_len;
 	}
-	snap_piece_done(fr->parent, err ? BLK_STS_IOERR : BLK_STS_OK);
+	cblb_read_piece_done(fr->parent, err ? BLK_STS_IOERR : BLK_STS_OK);
 	kfree(fr);
 	cblb_reads_end(s);
 }
@@ -118,7 +110,7 @@ static void snap_queue_file_read(struct cblb_snapshot *s, struct bio *parent,
 	bio_inc_remaining(parent);
 	if (!fr) {
 		bio_advance_iter(parent, iter, bytes);
-		snap_piece_done(parent, BLK_STS_RESOURCE);
+		cblb_read_piece_done(parent, BLK_STS_RESOURCE);
 		cblb_reads_end(s);
 		return;
 	}
@@ -131,21 +123,6 @@ static void snap_queue_file_read(struct cblb_snapshot *s, struct bio *parent,
 	fr->off = off;
 	bio_advance_iter(parent, iter, bytes);
 	queue_work(s->store.read_wq, &fr->work);
-}
-
-/* Copy bytes of a staged chunk (from off in page) into parent's pages at iter. */
-static void snap_copy_staged(struct bio *parent, struct bvec_iter iter, unsigned int bytes,
-			     struct page *page, unsigned int off)
-{
-	const char *src = page_address(page) + off;
-	struct bvec_iter it;
-	struct bio_vec bv;
-
-	iter.bi_size = bytes;
-	__bio_for_each_segment(bv, parent, it, iter) {
-		memcpy_to_bvec(&bv, src);
-		src += bv.bv_len;
-	}
 }
 
 /*
@@ -193,6 +170,8 @@ static bool snap_read_run(struct cblb_snapshot *s, struct bio *parent, struct bv
 	sector_t sector = iter->bi_sector;
 	unsigned long flags;
 
+	if (cblb_overlay_read(s, parent, iter))
+		return true;		/* one origin clone under scattered copied chunks */
 	/* Allocated first (it may sleep), aimed at the origin until the index says otherwise. */
 	clone = bio_alloc_clone(s->origin.bdev, parent, GFP_NOIO, &s->read_bs);
 	cl = container_of(clone, struct cblb_clone, bio);
@@ -208,7 +187,7 @@ static bool snap_read_run(struct cblb_snapshot *s, struct bio *parent, struct bv
 	if (staged) {
 		/* copied to memory, not yet to the store: served from there, no I/O */
 		bytes = min_t(u64, iter->bi_size, CBLB_CHUNK_SIZE - off);
-		snap_copy_staged(parent, *iter, bytes, staged, off);
+		cblb_copy_to_bio(parent, *iter, bytes, page_address(staged) + off);
 		spin_unlock_irqrestore(&s->read_lock, flags);
 		bio_put(clone);
 		bio_advance_iter(parent, iter, bytes);
@@ -222,7 +201,7 @@ static bool snap_read_run(struct cblb_snapshot *s, struct bio *parent, struct bv
 		     c++)
 			;
 		bytes = min_t(u64, iter->bi_size, (chunk_to_sector(c) - sector) << SECTOR_SHIFT);
-		cblb_reads_begin(s, &cl->range, chunk, c - 1);
+		cblb_reads_begin(s, &cl->range, chunk, c - 1, NULL);
 	} else {
 		bytes = min_t(u64, iter->bi_size, CBLB_CHUNK_SIZE - off);
 	}
@@ -300,6 +279,9 @@ int cblb_snapimage_create(struct cblb_snapshot *s)
 			  BIOSET_NEED_RESCUER);
 	if (err)
 		return err;
+	err = cblb_overlay_init(s);
+	if (err)
+		goto fail_overlay;
 	disk = cblb_alloc_disk(s->origin.bdev);
 	if (IS_ERR(disk)) {
 		err = PTR_ERR(disk);
@@ -323,6 +305,8 @@ int cblb_snapimage_create(struct cblb_snapshot *s)
 fail_add:
 	cblb_put_disk(disk);
 fail_disk:
+	cblb_overlay_exit(s);
+fail_overlay:
 	bioset_exit(&s->read_bs);
 	return err;
 }
@@ -334,6 +318,7 @@ void cblb_snapimage_destroy(struct cblb_snapshot *s)
 	del_gendisk(s->disk);
 	cblb_put_disk(s->disk);
 	s->disk = NULL;
+	cblb_overlay_exit(s);
 	bioset_exit(&s->read_bs);
 }
 

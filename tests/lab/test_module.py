@@ -6,7 +6,9 @@ Runs inside the lab guest (scripts/lab), on every kernel `make test` boots.
 from __future__ import annotations
 
 import errno
+import mmap
 import os
+import random
 import time
 import uuid
 from pathlib import Path
@@ -336,6 +338,70 @@ def test_zeroout_and_discard_keep_snapshot(cblb_module: Controller) -> None:
         assert sh(f"cmp -n 8M /dev/zero {lp.device} && echo same", check=False).strip() == "same"
         oracle.unlink()
     finally:
+        cleanup_snapshots(cblb_module)
+        teardown_scratch(cat)
+        lp.detach()
+
+
+def read_direct(path: str, offset: int, size: int) -> bytes:
+    """size bytes at offset, read with O_DIRECT (one request from the caller's view)."""
+    buf = mmap.mmap(-1, size)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+    try:
+        assert os.preadv(fd, [buf], offset) == size
+        return bytes(buf)
+    finally:
+        os.close(fd)
+        buf.close()
+
+
+@pytest.mark.compact
+def test_reads_of_scattered_changes_are_the_start_image(cblb_module: Controller) -> None:
+    """Copied chunks scattered between uncopied ones (read as one origin request with the
+    copies laid over it, kmod/overlay.c), a stretch of copied chunks too long for that, more
+    copied chunks than one such request holds, the last chunk: every read, of any size and
+    sector alignment, returns the origin as it was at start."""
+    chunks_total = 64 * 256
+    lp = make_loop(64, "scatter")
+    cat = build_scratch("ext4", size_mb=32, catalog_mb=96)
+    oracle = Path("/tmp/scatter-oracle.img")
+    try:
+        sh(f"dd if=/dev/urandom of={lp.device} bs=1M count=64 status=none")
+        sh(f"dd if={lp.device} of={oracle} bs=1M status=none")
+        cblb_module.create("scatter", lp.device)
+        cblb_module.start("scatter", str(cat.catalog_dir), 8192, 16)
+        rng = random.Random(11)
+        changed = set(rng.sample(range(0, 4096), 400))            # 10% of the first 16 MiB
+        changed |= set(rng.sample(range(4096, 6144), 1300))       # 63% of the next 8 MiB
+        changed |= set(range(6144, 6656, 3)) | set(range(6300, 6340))  # a stretch of 40
+        changed |= {chunks_total - 1}
+        order = sorted(changed)
+        rng.shuffle(order)                 # copied in random order: slots out of order
+        new = mmap.mmap(-1, 4096)
+        new.write(os.urandom(4096))
+        fd = os.open(lp.device, os.O_WRONLY | os.O_DIRECT)
+        try:
+            for c in order:
+                os.pwritev(fd, [new], c * 4096)
+        finally:
+            os.close(fd)
+        snap = cblb_module.snapshot("scatter")
+        assert snap.state is SnapshotState.ACTIVE
+        assert snap.cow_chunks == len(changed)
+        assert differing_blocks(snap.device, str(oracle)) == []      # buffered, read-ahead
+        image = oracle.read_bytes()
+        reads = [(off, 1 << 20) for off in range(0, 64 << 20, 1 << 20)]
+        reads += [(3 * 512, (1 << 20) + 1024), (7 * 4096 + 512, 300 << 10),
+                  ((64 << 20) - (1 << 20) - 512, (1 << 20) + 512)]
+        for _ in range(40):
+            size = rng.randrange(1, 4096) * 512
+            reads.append((rng.randrange(0, (64 << 20) - size + 1, 512), size))
+        bad = [(off, size) for off, size in reads
+               if read_direct(snap.device, off, size) != image[off:off + size]]
+        assert bad == []
+        assert snap.state is SnapshotState.ACTIVE
+    finally:
+        oracle.unlink(missing_ok=True)
         cleanup_snapshots(cblb_module)
         teardown_scratch(cat)
         lp.detach()
