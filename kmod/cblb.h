@@ -368,8 +368,6 @@ int cblb_store_show_extents(struct cblb_store *st, char *buf);
 
 /* overlay.c */
 bool cblb_overlay_read(struct cblb_snapshot *s, struct bio *parent, struct bvec_iter *iter);
-void cblb_copy_to_bio(struct bio *bio, struct bvec_iter iter, unsigned int bytes,
-		      const char *src);
 int cblb_overlay_init(struct cblb_snapshot *s);
 void cblb_overlay_exit(struct cblb_snapshot *s);
 

@@ -410,8 +410,8 @@ static void flight_write_fn(struct work_struct *work)
 /*
  * Copy the flight's chunks into memory: reserve slots, read the old data, stage the
  * flight. Worker context. True when staged: the caller sends the store writes
- * (flight_write_fn), then releases the writes. On failure the snapshot has failed and the flight is
- * free again.
+ * (flight_write_fn), then releases the writes. On failure the snapshot has failed and the
+ * flight is free again.
  */
 static bool cow_stage_flight(struct cblb_snapshot *s, struct cblb_flight *f)
 {

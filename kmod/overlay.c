@@ -39,20 +39,6 @@ struct cblb_overlay {
 	struct bio bio;			/* the origin read; last: the bio_set's front_pad */
 };
 
-/* Copy bytes from src into bio's pages at iter (the snapshot device's reads). */
-void cblb_copy_to_bio(struct bio *bio, struct bvec_iter iter, unsigned int bytes,
-		      const char *src)
-{
-	struct bvec_iter it;
-	struct bio_vec bv;
-
-	iter.bi_size = bytes;
-	__bio_for_each_segment(bv, bio, it, iter) {
-		memcpy_to_bvec(&bv, src);
-		src += bv.bv_len;
-	}
-}
-
 /*
  * A bio of the run is done. The last one completes the parent's piece; the snapshot may
  * be freed once cblb_reads_end() has run (remove waits for nr_clones), so that comes
@@ -223,11 +209,9 @@ static void overlay_read_copies(struct cblb_snapshot *s, struct cblb_overlay *ov
 }
 
 /*
- * Send the run of parent that starts at *iter as an overlaid run, and advance *iter past
- * it. False (nothing sent, *iter untouched) when the run does not start at an uncopied
- * chunk or holds no copied chunk: the caller cuts it the plain way.
+ * Can the read at iter, from first on, hold a copied chunk between uncopied ones? A look
+ * at the index before a bio is taken: a run over unchanged chunks takes none.
  */
-/* Is any chunk in (first, first + CBLB_READ_RUN) of the read at iter copied? */
 static bool overlay_worth(struct cblb_snapshot *s, struct bvec_iter *iter, u64 first)
 {
 	u64 last = sector_to_chunk(iter->bi_sector + (iter->bi_size >> SECTOR_SHIFT) - 1), c;
@@ -239,6 +223,11 @@ static bool overlay_worth(struct cblb_snapshot *s, struct bvec_iter *iter, u64 f
 	return false;
 }
 
+/*
+ * Send the run of parent that starts at *iter as an overlaid run, and advance *iter past
+ * it. False (nothing sent, *iter untouched) when the run does not start at an uncopied
+ * chunk or holds no copied chunk: the caller cuts it the plain way.
+ */
 bool cblb_overlay_read(struct cblb_snapshot *s, struct bio *parent, struct bvec_iter *iter)
 {
 	u64 first = sector_to_chunk(iter->bi_sector), end;

@@ -125,6 +125,20 @@ static void snap_queue_file_read(struct cblb_snapshot *s, struct bio *parent,
 	queue_work(s->store.read_wq, &fr->work);
 }
 
+/* Copy bytes of a staged chunk (from src) into parent's pages at iter. */
+static void snap_copy_staged(struct bio *parent, struct bvec_iter iter, unsigned int bytes,
+			     const char *src)
+{
+	struct bvec_iter it;
+	struct bio_vec bv;
+
+	iter.bi_size = bytes;
+	__bio_for_each_segment(bv, parent, it, iter) {
+		memcpy_to_bvec(&bv, src);
+		src += bv.bv_len;
+	}
+}
+
 /*
  * A copied piece starts at slot (of chunk), byte off, on the store device at *sector,
  * bytes long; grow it over the following chunks while their slots follow on the device.
@@ -187,7 +201,7 @@ static bool snap_read_run(struct cblb_snapshot *s, struct bio *parent, struct bv
 	if (staged) {
 		/* copied to memory, not yet to the store: served from there, no I/O */
 		bytes = min_t(u64, iter->bi_size, CBLB_CHUNK_SIZE - off);
-		cblb_copy_to_bio(parent, *iter, bytes, page_address(staged) + off);
+		snap_copy_staged(parent, *iter, bytes, page_address(staged) + off);
 		spin_unlock_irqrestore(&s->read_lock, flags);
 		bio_put(clone);
 		bio_advance_iter(parent, iter, bytes);
