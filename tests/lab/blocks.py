@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 import signal
 import subprocess
@@ -28,6 +29,18 @@ def differing_blocks(a: str, b: str, size: int | None = None) -> list[int]:
                         out.append((pos + off) // BLOCK)
             pos += max(len(x), len(y))
     return out
+
+
+def read_direct(path: str, offset: int, size: int) -> bytes:
+    """size bytes at offset, read with O_DIRECT (one request from the caller's view)."""
+    buf = mmap.mmap(-1, size)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+    try:
+        assert os.preadv(fd, [buf], offset) == size
+        return bytes(buf)
+    finally:
+        os.close(fd)
+        buf.close()
 
 
 def blocks_in_extents(extents: list[tuple[int, int]]) -> set[int]:

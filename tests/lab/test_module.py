@@ -14,7 +14,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from blocks import FioLoad, differing_blocks, fill_files, tree_checksums
+from blocks import FioLoad, differing_blocks, fill_files, read_direct, tree_checksums
 from conftest import (
     ScratchFs,
     build_scratch,
@@ -340,18 +340,6 @@ def test_zeroout_and_discard_keep_snapshot(cblb_module: Controller) -> None:
         cleanup_snapshots(cblb_module)
         teardown_scratch(cat)
         lp.detach()
-
-
-def read_direct(path: str, offset: int, size: int) -> bytes:
-    """size bytes at offset, read with O_DIRECT (one request from the caller's view)."""
-    buf = mmap.mmap(-1, size)
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
-    try:
-        assert os.preadv(fd, [buf], offset) == size
-        return bytes(buf)
-    finally:
-        os.close(fd)
-        buf.close()
 
 
 @pytest.mark.compact

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import errno
 import json
-import mmap
 import os
 import struct
 import subprocess
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from blocks import FioLoad, differing_blocks, fill_files, tree_checksums
+from blocks import FioLoad, differing_blocks, fill_files, read_direct, tree_checksums
 from conftest import (
     LoopDev,
     ScratchFs,
@@ -54,13 +53,7 @@ while n % 64 or not os.path.exists(stop):
 
 def counter(dev: str) -> int:
     """The counter in block 0 of dev, read around the page cache."""
-    fd = os.open(dev, os.O_RDONLY | os.O_DIRECT)
-    try:
-        buf = mmap.mmap(-1, 4096)
-        os.preadv(fd, [buf], 0)
-        return int(struct.unpack("<Q", buf[:8])[0])
-    finally:
-        os.close(fd)
+    return int(struct.unpack("<Q", read_direct(dev, 0, 4096)[:8])[0])
 
 
 class CounterWriter:
