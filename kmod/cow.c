@@ -31,7 +31,8 @@
  *   the copy was staged.
  * Context: cblb_cow_intercept() runs in the submitter's context and never blocks; the
  * worker, write_wq and done_wq run in process context (WQ_MEM_RECLAIM: they are on the writeback
- * path) and allocate with GFP_NOIO; store-write completions run in any context.
+ * path) and allocate with GFP_NOIO; store-write completions run in any context. The worker's
+ * queue is bound: it runs on the CPU that queued the write (COW.md, step 1).
  */
 #define pr_fmt(fmt) "cblb: " fmt
 
@@ -624,7 +625,7 @@ int cblb_cow_init(struct cblb_snapshot *s)
 	if (err)
 		goto fail_flights;
 	err = -ENOMEM;
-	s->wq = alloc_workqueue("cblb_cow_%s", WQ_UNBOUND | WQ_MEM_RECLAIM, 1, s->name);
+	s->wq = alloc_workqueue("cblb_cow_%s", WQ_MEM_RECLAIM, 1, s->name);
 	if (!s->wq)
 		goto fail_wq;
 	s->done_wq = alloc_ordered_workqueue("cblb_done_%s", WQ_MEM_RECLAIM, s->name);
