@@ -325,11 +325,13 @@ void cblb_cbt_exit(void);
 
 /* index.c */
 u64 cblb_index_get(struct cblb_snapshot *s, u64 chunk);
+u64 cblb_index_first_missing(struct cblb_snapshot *s, u64 first, u64 last);
 int cblb_index_set(struct cblb_snapshot *s, u64 chunk, u64 slot);
 
 /* cow.c */
 int cblb_cow_init(struct cblb_snapshot *s);
 void cblb_cow_exit(struct cblb_snapshot *s);
+bool cblb_cow_passes_unlocked(struct cblb_snapshot *s, sector_t rel, sector_t len);
 bool cblb_cow_intercept(struct cblb_snapshot *s, struct bio *bio, sector_t rel, sector_t len);
 void cblb_cow_drain(struct cblb_snapshot *s);
 struct page *cblb_cow_staged(struct cblb_snapshot *s, u64 chunk);
@@ -341,6 +343,7 @@ void cblb_reads_begin(struct cblb_snapshot *s, struct cblb_read_range *r, u64 fi
 		      const unsigned long *copied);
 void cblb_reads_forget(struct cblb_snapshot *s, struct cblb_read_range *r);
 void cblb_reads_end(struct cblb_snapshot *s);
+bool cblb_reads_none(struct cblb_snapshot *s);
 bool cblb_reads_overlap(struct cblb_snapshot *s, u64 first, u64 last);
 void cblb_reads_wait(struct cblb_snapshot *s, u64 first, u64 last);
 void cblb_reads_close(struct cblb_snapshot *s);

@@ -97,20 +97,45 @@ static bool chunk_taken(struct cblb_snapshot *s, u64 chunk)
  */
 static bool range_may_pass(struct cblb_snapshot *s, u64 first, u64 last)
 {
+	u64 c = cblb_index_first_missing(s, first, last);
 	unsigned long flags;
 	bool ok = true;
-	u64 c;
 
-	for (c = first; c <= last; c++)
-		if (!cblb_index_get(s, c))
-			break;
-	if (c > last && !cblb_reads_overlap(s, first, last))
-		return true;		/* the common rewrite: all in the index */
+	if (c > last)
+		return !cblb_reads_overlap(s, first, last);	/* the common rewrite */
 	spin_lock_irqsave(&s->read_lock, flags);
 	for (; c <= last && ok; c++)
 		ok = chunk_taken_locked(s, c);
 	spin_unlock_irqrestore(&s->read_lock, flags);
 	return ok && !cblb_reads_overlap(s, first, last);
+}
+
+/*
+ * The hook's question before it redirects an origin write of [rel, rel + len) (sectors
+ * of the origin; tracker.c): may the write go on untouched, decided without a lock? Yes
+ * when the snapshot no longer copies, or when every chunk the write touches is in the
+ * index and no snapshot read is registered at all (the common rewrite, which then passes
+ * the ftrace trampoline once). Otherwise the write is redirected and
+ * cblb_cow_intercept() decides under read_lock; a false "no" costs only that.
+ *
+ * Why "no read registered" may be read without read_lock: the reads a rewrite must wait
+ * for are the reads of its chunks' origin data that registered before the chunks were
+ * staged (a later read finds them taken and reads the copy). Such a read registered
+ * under read_lock before the worker staged the chunk under read_lock, and the chunk's
+ * index entry was stored after that (released by the xarray's store). Having seen the
+ * entry, the smp_rmb() makes this reader see the registration too, or its removal.
+ * Any context; never blocks, takes no lock.
+ */
+bool cblb_cow_passes_unlocked(struct cblb_snapshot *s, sector_t rel, sector_t len)
+{
+	u64 last = sector_to_chunk(rel + len - 1);
+
+	if (READ_ONCE(s->state) != CBLB_ACTIVE || READ_ONCE(s->dying))
+		return true;
+	if (cblb_index_first_missing(s, sector_to_chunk(rel), last) <= last)
+		return false;
+	smp_rmb();		/* the index entries, then the read list (see above) */
+	return cblb_reads_none(s);
 }
 
 /*

@@ -17,7 +17,7 @@
  *
  * Lock story:
  * - s->read_lock (spinlock, irq-safe: clones complete in any context) protects s->reads
- *   and s->reads_closed.
+ *   and s->reads_closed; cblb_reads_none() alone looks at s->reads without it.
  * - s->nr_clones is atomic; it is raised under read_lock while reads are open, so once
  *   cblb_reads_close() has set reads_closed no new clone is counted.
  * Context: begin/end/overlap never sleep (submit and completion paths); wait and close
@@ -99,6 +99,15 @@ static bool reads_overlap_locked(struct cblb_snapshot *s, u64 first, u64 last)
 		if (range_reads_origin(r, first, last))
 			return true;
 	return false;
+}
+
+/*
+ * Is no read registered at all? Without read_lock: a hint whose ordering the caller
+ * provides (cblb_cow_passes_unlocked() in cow.c says how). Any context.
+ */
+bool cblb_reads_none(struct cblb_snapshot *s)
+{
+	return list_empty(&s->reads);
 }
 
 /* Is a registered read of chunks [first, last] in flight? Any context. */

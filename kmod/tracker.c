@@ -7,7 +7,9 @@
  * handler rewrites the return address so that cblb_origin_submit_bio() runs instead. That
  * function either queues the bio for the COW worker or passes it on by calling
  * submit_bio_noacct() itself; the handler recognises those calls by their return address
- * inside this module and lets them through. The same holds for bios of disks of any kind
+ * inside this module and lets them through. A write the copy-on-write path can tell
+ * without a lock may pass now (cblb_cow_passes_unlocked(): the snapshot no longer copies,
+ * or a rewrite of copied chunks with no snapshot read in flight) is not redirected. The same holds for bios of disks of any kind
  * (bio-based or blk-mq), on 6.1 and 6.12 alike, without touching the disk's operations.
  *
  * Lock story:
@@ -137,9 +139,12 @@ static void notrace cblb_ftrace_handler(unsigned long ip, unsigned long parent_i
 	rcu_read_lock();
 	if (atomic_read(&cblb_nr_tracked))
 		s = tracker_find(bio, &rel, &len);
-	if (s) {
-		if (cbt)
-			cblb_cbt_mark(bio, true);
+	if (s && cbt)
+		cblb_cbt_mark(bio, true);
+	/* A write that may pass now, as far as can be told without a lock (a rewrite of copied
+	 * chunks, no snapshot read in flight), is not redirected: it goes on from here and
+	 * does not come through the trampoline a second time. */
+	if (s && !cblb_cow_passes_unlocked(s, rel, len)) {
 		atomic_inc(&cblb_redirected);
 		instruction_pointer_set(regs, (unsigned long)cblb_origin_submit_bio);
 	}
