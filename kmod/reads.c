@@ -8,8 +8,9 @@
  * [first, last] (an overlaid run, overlay.c, also holds copied chunks it reads from the
  * store: they are marked, and writes to them do not wait). It is registered
  * (cblb_reads_begin) under read_lock after the index and the staged flights said "not
- * copied" under the same lock, and leaves the list when its clone completes. The COW worker stages copied chunks (cow.c) before it asks for
- * overlapping reads, so the reads it waits for all started earlier and the wait ends.
+ * copied" under the same lock, and leaves the list when its clone completes. The COW
+ * worker stages copied chunks (cow.c) before it asks for overlapping reads, so the reads
+ * it waits for all started earlier and the wait ends.
  *
  * Every clone the snapshot device sends (to the origin, the store, or a file read) is
  * also counted in nr_clones, so that remove can close the device and wait for all of

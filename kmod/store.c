@@ -17,8 +17,9 @@
  * Layout: kmod/doc/STORE.md.
  *
  * FILE (tmpfs, btrfs, overlayfs, NFS, ...): slots are written with kernel_write() by the
- * COW pipeline's completion workqueue and read with kernel_read() by st->read_wq for the snapshot device. Refused
- * when the catalog's filesystem lies on the origin or on a device stacked on it.
+ * COW pipeline's completion workqueue and read with kernel_read() by st->read_wq for the
+ * snapshot device. Refused when the catalog's filesystem lies on the origin or on a device
+ * stacked on it.
  *
  * FIEMAP only reports to a user-space buffer. "start" runs in the writer's process and
  * maps the first file with a scratch mapping in that process; the preparer, a kernel

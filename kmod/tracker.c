@@ -9,8 +9,9 @@
  * submit_bio_noacct() itself; the handler recognises those calls by their return address
  * inside this module and lets them through. A write the copy-on-write path can tell
  * without a lock may pass now (cblb_cow_passes_unlocked(): the snapshot no longer copies,
- * or a rewrite of copied chunks with no snapshot read in flight) is not redirected. The same holds for bios of disks of any kind
- * (bio-based or blk-mq), on 6.1 and 6.12 alike, without touching the disk's operations.
+ * or a rewrite of copied chunks with no snapshot read in flight) is not redirected. The
+ * same holds for bios of disks of any kind (bio-based or blk-mq), on 6.1 and 6.12 alike,
+ * without touching the disk's operations.
  *
  * Lock story:
  * - cblb_tracked (hash by gendisk) is RCU: the handler and cblb_origin_submit_bio()
