@@ -27,6 +27,8 @@
  * no media sequence number           disk->diskseq (5.15)
  * blkdev_get_by_dev/blkdev_put       bdev_file_open_by_dev/fput (6.9)
  * bdev_get_integrity in blkdev.h     in blk-integrity.h (5.16)
+ * a workqueue is per-CPU by default  WQ_PERCPU says so (6.17; 7.x warns without it)
+ * system_unbound_wq                  system_dfl_wq (6.17; 7.x logs the old one deprecated)
  * The kernels between 5.10 and 6.1 are not built here and are refused.
  */
 #ifndef CBLB_COMPAT_H
@@ -48,6 +50,26 @@
 #include <linux/slab.h>
 #if LINUX_VERSION_CODE >= KERNEL_VERSION(5, 16, 0)
 #include <linux/blk-integrity.h>
+#endif
+#include <linux/workqueue.h>
+
+/*
+ * A per-CPU (bound) workqueue: from 6.17 its flags say so (WQ_PERCPU), and 7.x warns at
+ * alloc_workqueue() when neither WQ_PERCPU nor WQ_UNBOUND is given. Before, bound was
+ * the default. (6.12 stable has the flag too, as a no-op; the default serves there.)
+ */
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 17, 0)
+#define CBLB_WQ_PERCPU	WQ_PERCPU
+#else
+#define CBLB_WQ_PERCPU	0
+#endif
+
+/* The shared unbound workqueue: system_dfl_wq from 6.17 (7.x logs system_unbound_wq as
+ * deprecated whenever work is queued on it). */
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 17, 0)
+#define cblb_unbound_wq	system_dfl_wq
+#else
+#define cblb_unbound_wq	system_unbound_wq
 #endif
 
 #if LINUX_VERSION_CODE < KERNEL_VERSION(5, 10, 0) || \

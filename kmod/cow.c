@@ -650,7 +650,7 @@ int cblb_cow_init(struct cblb_snapshot *s)
 	if (err)
 		goto fail_flights;
 	err = -ENOMEM;
-	s->wq = alloc_workqueue("cblb_cow_%s", WQ_MEM_RECLAIM, 1, s->name);
+	s->wq = alloc_workqueue("cblb_cow_%s", CBLB_WQ_PERCPU | WQ_MEM_RECLAIM, 1, s->name);
 	if (!s->wq)
 		goto fail_wq;
 	s->done_wq = alloc_ordered_workqueue("cblb_done_%s", WQ_MEM_RECLAIM, s->name);

@@ -380,7 +380,7 @@ int cblb_store_alloc(struct cblb_store *st, unsigned int n, u64 *first)
 		 * The next file is late. When the catalog shares the origin's disk the
 		 * preparer may itself wait on the origin's filesystem, hence the short bound.
 		 */
-		queue_work(system_unbound_wq, &st->prepare_work);
+		queue_work(cblb_unbound_wq, &st->prepare_work);
 		wait_event_timeout(st->ready_wq, store_has(st, need),
 				   store_shares_origin_disk(st) ? 2 * HZ : 30 * HZ);
 	}
@@ -404,7 +404,7 @@ int cblb_store_alloc(struct cblb_store *st, unsigned int n, u64 *first)
 	WRITE_ONCE(st->next_slot, need);
 	spin_lock(&st->lock);
 	if (!st->nr_preparing && store_wants_more(st))
-		queue_work(system_unbound_wq, &st->prepare_work);
+		queue_work(cblb_unbound_wq, &st->prepare_work);
 	spin_unlock(&st->lock);
 	return 0;
 }
@@ -734,7 +734,7 @@ void cblb_store_started(struct cblb_store *st)
 {
 	cblb_store_unname(st);
 	if (st->nr_ready < st->max_files)
-		queue_work(system_unbound_wq, &st->prepare_work);
+		queue_work(cblb_unbound_wq, &st->prepare_work);
 }
 
 /* Called once nothing can reach the store any more (tracker gone, worker drained). */
