@@ -54,21 +54,16 @@
 #include <linux/workqueue.h>
 
 /*
- * A per-CPU (bound) workqueue: from 6.17 its flags say so (WQ_PERCPU), and 7.x warns at
- * alloc_workqueue() when neither WQ_PERCPU nor WQ_UNBOUND is given. Before, bound was
- * the default. (6.12 stable has the flag too, as a no-op; the default serves there.)
+ * Workqueues from 6.17 on: a per-CPU (bound) one says so (WQ_PERCPU; 7.x warns at
+ * alloc_workqueue() when neither WQ_PERCPU nor WQ_UNBOUND is given; before, bound was the
+ * default, and 6.12 stable's no-op WQ_PERCPU is left alone), and the shared unbound one is
+ * system_dfl_wq (7.x logs system_unbound_wq as deprecated whenever work is queued on it).
  */
 #if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 17, 0)
 #define CBLB_WQ_PERCPU	WQ_PERCPU
-#else
-#define CBLB_WQ_PERCPU	0
-#endif
-
-/* The shared unbound workqueue: system_dfl_wq from 6.17 (7.x logs system_unbound_wq as
- * deprecated whenever work is queued on it). */
-#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 17, 0)
 #define cblb_unbound_wq	system_dfl_wq
 #else
+#define CBLB_WQ_PERCPU	0
 #define cblb_unbound_wq	system_unbound_wq
 #endif
 

@@ -91,6 +91,12 @@ static bool chunk_taken(struct cblb_snapshot *s, u64 chunk)
 	return taken;
 }
 
+/* Is the snapshot still copying? Any context. */
+static bool cow_live(struct cblb_snapshot *s)
+{
+	return READ_ONCE(s->state) == CBLB_ACTIVE && !READ_ONCE(s->dying);
+}
+
 /*
  * May a write to chunks [first, last] pass now: all taken, and no snapshot read of them
  * in flight? One look under read_lock (see the lock story).
@@ -130,7 +136,7 @@ bool cblb_cow_passes_unlocked(struct cblb_snapshot *s, sector_t rel, sector_t le
 {
 	u64 last = sector_to_chunk(rel + len - 1);
 
-	if (READ_ONCE(s->state) != CBLB_ACTIVE || READ_ONCE(s->dying))
+	if (!cow_live(s))
 		return true;
 	if (cblb_index_first_missing(s, sector_to_chunk(rel), last) <= last)
 		return false;
@@ -147,7 +153,7 @@ bool cblb_cow_intercept(struct cblb_snapshot *s, struct bio *bio, sector_t rel, 
 {
 	unsigned long flags;
 
-	if (READ_ONCE(s->state) != CBLB_ACTIVE || READ_ONCE(s->dying))
+	if (!cow_live(s))
 		return false;
 	if (range_may_pass(s, sector_to_chunk(rel), sector_to_chunk(rel + len - 1)))
 		return false;
@@ -525,11 +531,6 @@ static void release_ready(struct cblb_snapshot *s, struct bio_list *list)
 			cblb_reads_wait(s, first, last);
 		cblb_pass_bio(bio);
 	}
-}
-
-static bool cow_live(struct cblb_snapshot *s)
-{
-	return READ_ONCE(s->state) == CBLB_ACTIVE && !READ_ONCE(s->dying);
 }
 
 static void cow_work_fn(struct work_struct *work)
