@@ -18,7 +18,7 @@ rd() { fio --name=r --filename=$1 --rw=read --bs=1M --iodepth=1 --direct=1 --ioe
 	--size=$R --runtime=5 --time_based=1 --output-format=json |
 	python3 -c "import json,sys; print(json.load(sys.stdin)['jobs'][0]['read']['bw']//1024)"; }
 reqs() { awk '{print $1}' /sys/block/$1/stat; }
-for frac in 0.1 0.5; do
+for frac in ${FRACS:-0.1 0.5}; do
 	python3 -m cblb.cli create p /dev/nullb0 >/dev/null
 	python3 -m cblb.cli start p /tmp/cat 262144 8 >/dev/null
 	fio --name=c --filename=/dev/nullb0 --rw=randwrite --bs=4k --iodepth=8 --direct=1 \

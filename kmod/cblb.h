@@ -326,6 +326,7 @@ void cblb_cbt_exit(void);
 /* index.c */
 u64 cblb_index_get(struct cblb_snapshot *s, u64 chunk);
 u64 cblb_index_first_missing(struct cblb_snapshot *s, u64 first, u64 last);
+void cblb_index_present(struct cblb_snapshot *s, u64 first, unsigned int n, unsigned long *map);
 int cblb_index_set(struct cblb_snapshot *s, u64 chunk, u64 slot);
 
 /* cow.c */
@@ -335,6 +336,7 @@ bool cblb_cow_passes_unlocked(struct cblb_snapshot *s, sector_t rel, sector_t le
 bool cblb_cow_intercept(struct cblb_snapshot *s, struct bio *bio, sector_t rel, sector_t len);
 void cblb_cow_drain(struct cblb_snapshot *s);
 struct page *cblb_cow_staged(struct cblb_snapshot *s, u64 chunk);
+void cblb_cow_staged_map(struct cblb_snapshot *s, u64 first, unsigned int n, unsigned long *map);
 void cblb_cow_endio(struct bio *bio);
 
 /* reads.c */

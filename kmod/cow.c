@@ -72,6 +72,33 @@ struct page *cblb_cow_staged(struct cblb_snapshot *s, u64 chunk)
 	return NULL;
 }
 
+/*
+ * Set bit i of map for each chunk first + i (i < n) staged in a flight; other bits are
+ * left alone. Caller holds read_lock. Each flight's chunks are sorted: one binary search
+ * per flight that overlaps the range.
+ */
+void cblb_cow_staged_map(struct cblb_snapshot *s, u64 first, unsigned int n, unsigned long *map)
+{
+	u64 last = first + n - 1;
+	struct cblb_flight *f;
+	unsigned int lo, hi, mid;
+
+	lockdep_assert_held(&s->read_lock);
+	list_for_each_entry(f, &s->flights, node) {
+		if (last < f->chunks[0] || first > f->chunks[f->n - 1])
+			continue;
+		for (lo = 0, hi = f->n; lo < hi;) {	/* the first chunk >= first */
+			mid = lo + (hi - lo) / 2;
+			if (f->chunks[mid] < first)
+				lo = mid + 1;
+			else
+				hi = mid;
+		}
+		for (; lo < f->n && f->chunks[lo] <= last; lo++)
+			__set_bit(f->chunks[lo] - first, map);
+	}
+}
+
 /* Copied or being copied. Caller holds read_lock. */
 static bool chunk_taken_locked(struct cblb_snapshot *s, u64 chunk)
 {

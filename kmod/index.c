@@ -10,8 +10,8 @@
  * Lock story: readers use xa_load() under RCU (the xarray's own). There is one writer,
  * the COW pipeline's ordered completion workqueue (cow.c), so the read-modify-write of a
  * pair needs no lock of its own.
- * Context: cblb_index_get() and cblb_index_first_missing() any context; cblb_index_set()
- * process context (GFP_NOIO).
+ * Context: cblb_index_get(), cblb_index_first_missing() and cblb_index_present() any
+ * context; cblb_index_set() process context (GFP_NOIO).
  */
 #include <linux/xarray.h>
 #include "cblb.h"
@@ -68,6 +68,33 @@ u64 cblb_index_first_missing(struct cblb_snapshot *s, u64 first, u64 last)
 out:
 	rcu_read_unlock();
 	return missing;
+}
+
+/*
+ * Set bit i of map for each chunk first + i (i < n) that is in the index; other bits are
+ * left alone. One walk along the xarray's leaves, visiting only the pairs that hold a
+ * copied chunk: a snapshot read looks its run up with one walk, not one per 4 KiB.
+ */
+void cblb_index_present(struct cblb_snapshot *s, u64 first, unsigned int n, unsigned long *map)
+{
+	u64 last = first + n - 1;
+	XA_STATE(xas, &s->index, first >> 1);
+	void *e;
+
+	rcu_read_lock();
+	xas_for_each(&xas, e, last >> 1) {
+		u64 c = 2 * (u64)xas.xa_index;	/* the pair's low chunk */
+		unsigned long v;
+
+		if (xas_retry(&xas, e))
+			continue;
+		v = xa_to_value(e);
+		if ((v & SLOT_MASK) && c >= first)
+			__set_bit(c - first, map);
+		if (((v >> SLOT_BITS) & SLOT_MASK) && c + 1 <= last)
+			__set_bit(c + 1 - first, map);
+	}
+	rcu_read_unlock();
 }
 
 /* Record chunk in slot. The single writer only (see the top). */

@@ -7,7 +7,7 @@
  * and which runs: kmod/doc/COW.md, "Overlaid runs".
  *
  * Lock story:
- * - The run is built lock-free from the index, whose entries never go away.
+ * - The run is built lock-free from one walk of the index, whose entries never go away.
  * - Under snapshot->read_lock it is decided for good, as snapimage.c decides a plain origin
  *   run: reads open, each chunk the build took as uncopied still neither in the index nor
  *   staged (else the run is cut before it), the run registered in the reads in flight
@@ -112,7 +112,7 @@ static unsigned int bytes_to_end_of(struct bvec_iter *iter, u64 c)
  */
 static unsigned int overlay_build(struct cblb_snapshot *s, struct bio *bio,
 				  struct bio *parent, struct bvec_iter *iter,
-				  unsigned long *copied, u64 *end)
+				  const unsigned long *present, unsigned long *copied, u64 *end)
 {
 	u64 first = sector_to_chunk(iter->bi_sector), c;
 	u64 last = sector_to_chunk(iter->bi_sector + (iter->bi_size >> SECTOR_SHIFT) - 1);
@@ -123,7 +123,7 @@ static unsigned int overlay_build(struct cblb_snapshot *s, struct bio *bio,
 	last = min(last, first + CBLB_READ_RUN - 1);
 	for (c = first; c <= last; c++) {
 		len = bytes_to_end_of(iter, c) - (iter->bi_size - pit.bi_size);
-		if (c == first || !cblb_index_get(s, c)) {
+		if (c == first || !test_bit(c - first, present)) {
 			if (!overlay_add_parent(bio, parent, &pit, len))
 				break;
 			k += stretch;
@@ -148,19 +148,26 @@ static unsigned int overlay_build(struct cblb_snapshot *s, struct bio *bio,
 static bool overlay_decide(struct cblb_snapshot *s, u64 first, u64 *end,
 			   const unsigned long *copied)
 {
-	u64 c, good = first;
+	unsigned int n = *end - first + 1, cut, i;
+	DECLARE_BITMAP(taken, CBLB_READ_RUN);
 
 	lockdep_assert_held(&s->read_lock);
-	if (s->reads_closed || cblb_index_get(s, first) || cblb_cow_staged(s, first))
+	if (s->reads_closed)
 		return false;
-	for (c = first + 1; c <= *end; c++) {
-		if (test_bit(c - first, copied))
-			continue;	/* in the index: stays there */
-		if (cblb_index_get(s, c) || cblb_cow_staged(s, c))
-			break;
-		good = c;
+	/* Walked again under the lock, not the build's map: a chunk may have entered the
+	 * index, and its flight left the list, since; it would be in neither map. */
+	bitmap_zero(taken, n);
+	cblb_index_present(s, first, n, taken);
+	cblb_cow_staged_map(s, first, n, taken);
+	bitmap_andnot(taken, taken, copied, n);	/* copied chunks stay in the index */
+	cut = find_first_bit(taken, n);
+	if (!cut)
+		return false;
+	if (cut < n) {
+		for (i = cut - 1; test_bit(i, copied); i--)
+			;	/* bit 0 (first) is never copied */
+		*end = first + i;
 	}
-	*end = good;
 	return true;
 }
 
@@ -209,18 +216,18 @@ static void overlay_read_copies(struct cblb_snapshot *s, struct cblb_overlay *ov
 }
 
 /*
- * Can the read at iter, from first on, hold a copied chunk between uncopied ones? A look
- * at the index before a bio is taken: a run over unchanged chunks takes none.
+ * The chunks of the run at iter from first on (at most CBLB_READ_RUN) that are in the
+ * index, in present (bit i: chunk first + i), by one walk; their number is returned.
  */
-static bool overlay_worth(struct cblb_snapshot *s, struct bvec_iter *iter, u64 first)
+static unsigned int overlay_lookup(struct cblb_snapshot *s, struct bvec_iter *iter, u64 first,
+				   unsigned long *present)
 {
-	u64 last = sector_to_chunk(iter->bi_sector + (iter->bi_size >> SECTOR_SHIFT) - 1), c;
+	u64 last = sector_to_chunk(iter->bi_sector + (iter->bi_size >> SECTOR_SHIFT) - 1);
+	unsigned int n = min_t(u64, last - first + 1, CBLB_READ_RUN);
 
-	last = min(last, first + CBLB_READ_RUN - 1);
-	for (c = first + 1; c < last; c++)
-		if (cblb_index_get(s, c))
-			return true;
-	return false;
+	bitmap_zero(present, n);
+	cblb_index_present(s, first, n, present);
+	return n;
 }
 
 /*
@@ -231,12 +238,18 @@ static bool overlay_worth(struct cblb_snapshot *s, struct bvec_iter *iter, u64 f
 bool cblb_overlay_read(struct cblb_snapshot *s, struct bio *parent, struct bvec_iter *iter)
 {
 	u64 first = sector_to_chunk(iter->bi_sector), end;
+	DECLARE_BITMAP(present, CBLB_READ_RUN);
 	struct cblb_overlay *ov;
 	unsigned long flags;
 	struct bio *bio;
+	unsigned int n;
 
-	if (!s->overlay_ok || s->store.kind != CBLB_STORE_DIRECT || cblb_index_get(s, first) ||
-	    !overlay_worth(s, iter, first))
+	if (!s->overlay_ok || s->store.kind != CBLB_STORE_DIRECT)
+		return false;
+	/* Worth it only from an uncopied chunk with a copied one before the run's last
+	 * chunk: a run over unchanged chunks takes no bio. */
+	n = overlay_lookup(s, iter, first, present);
+	if (test_bit(0, present) || find_next_bit(present, n - 1, 1) >= n - 1)
 		return false;
 	/*
 	 * Never waits: the run's store clones come from read_bs and complete it, and they may
@@ -252,7 +265,7 @@ bool cblb_overlay_read(struct cblb_snapshot *s, struct bio *parent, struct bvec_
 	bio->bi_ioprio = parent->bi_ioprio;
 	bio_clone_blkg_association(bio, parent);
 	bitmap_zero(ov->copied, CBLB_READ_RUN);
-	if (!overlay_build(s, bio, parent, iter, ov->copied, &end))
+	if (!overlay_build(s, bio, parent, iter, present, ov->copied, &end))
 		goto plain;
 
 	spin_lock_irqsave(&s->read_lock, flags);

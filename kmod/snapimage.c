@@ -26,6 +26,7 @@
 
 #include <linux/blkdev.h>
 #include <linux/bio.h>
+#include <linux/bitmap.h>
 #include <linux/highmem.h>
 #include <linux/module.h>
 #include <linux/slab.h>
@@ -177,7 +178,8 @@ static bool snap_read_run(struct cblb_snapshot *s, struct bio *parent, struct bv
 	u64 chunk = sector_to_chunk(iter->bi_sector), c, slot;
 	u64 last = sector_to_chunk(iter->bi_sector + (iter->bi_size >> SECTOR_SHIFT) - 1);
 	unsigned int off = (iter->bi_sector - chunk_to_sector(chunk)) << SECTOR_SHIFT;
-	unsigned int bytes;
+	DECLARE_BITMAP(taken, CBLB_READ_RUN);
+	unsigned int bytes, n;
 	struct cblb_clone *cl;
 	struct bio *clone;
 	struct page *staged;
@@ -209,11 +211,15 @@ static bool snap_read_run(struct cblb_snapshot *s, struct bio *parent, struct bv
 	}
 	if (!slot) {
 		/* one registration covers at most CBLB_READ_RUN chunks: a write to one of them
-		 * waits for no more than that */
+		 * waits for no more than that; the run ends at the first chunk taken (one walk
+		 * of the index, one look at each staged flight, both under the lock: a chunk
+		 * leaves its flight only once it is in the index) */
 		last = min(last, chunk + CBLB_READ_RUN - 1);
-		for (c = chunk + 1; c <= last && !cblb_index_get(s, c) && !cblb_cow_staged(s, c);
-		     c++)
-			;
+		n = last - chunk + 1;
+		bitmap_zero(taken, n);
+		cblb_index_present(s, chunk, n, taken);
+		cblb_cow_staged_map(s, chunk, n, taken);
+		c = chunk + find_next_bit(taken, n, 1);
 		bytes = min_t(u64, iter->bi_size, (chunk_to_sector(c) - sector) << SECTOR_SHIFT);
 		cblb_reads_begin(s, &cl->range, chunk, c - 1, NULL);
 	} else {
