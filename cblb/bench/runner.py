@@ -63,7 +63,7 @@ class ModeConfig:
     snapread_region: int
     sweep_region: int
     runtime: float                  # seconds of every measured run (cap or time_based)
-    workloads: tuple[str, ...] = ("seq1m", "rand4k", "db")
+    workloads: tuple[str, ...] = ("seq1m", "seq1m8", "rand4k", "db")
     devices: tuple[str, ...] = ("ram", "ssd")
     snapread_reps: int = 3
     tracer_pairs: int = 5           # (unloaded, loaded) pairs of the tracer-cost test
@@ -98,7 +98,8 @@ class ModeConfig:
 # 512 MiB); the guest's ~1.5 GiB of writable RAM holds the origin plus one COW store.
 MODES: dict[str, ModeConfig] = {
     "full": ModeConfig("full", reps=5, sweep_reps=3, runtime=10,
-                       region={"seq1m": 512 * MiB, "rand4k": 128 * MiB, "db": 128 * MiB},
+                       region={"seq1m": 512 * MiB, "seq1m8": 512 * MiB, "rand4k": 128 * MiB,
+                               "db": 128 * MiB},
                        snapread_region=64 * MiB, sweep_region=128 * MiB, snapread_reps=5,
                        tracer_pairs=9, snapread_targets=("cblb", "dm4k", "dm64k")),
     # quick: 2 repetitions, not 3: under emulation one 5 s fio run costs about 9 s, and a

@@ -65,6 +65,8 @@ class Workload:
 WORKLOADS: dict[str, Workload] = {
     w.name: w for w in (
         Workload("seq1m", "sequential 1 MiB writes", "write", MiB),
+        # several writes in the air: the COW worker batches them and keeps flights going
+        Workload("seq1m8", "sequential 1 MiB writes, queue depth 8", "write", MiB, iodepth=8),
         Workload("rand4k", "random 4 KiB writes", "randwrite", 4096),
         Workload("db", "database-like mix (70% reads, 8 KiB, queue depth 4)", "randrw", 8192,
                  iodepth=4, extra=("--rwmixread=70",)),

@@ -13,7 +13,7 @@ from cblb.bench import devices, report, runner
 from cblb.bench.workloads import WORKLOADS, parse_fio_json
 from cblb.cli import build_parser, main
 
-BASE = {"seq1m": 400e6, "rand4k": 8e6, "db": 6e6}
+BASE = {"seq1m": 400e6, "seq1m8": 450e6, "rand4k": 8e6, "db": 6e6}
 FACTOR = {"none": (1.0, 1.0), "cblb": (0.6, 0.98), "dm4k": (0.15, 0.9), "dm64k": (0.2, 0.85)}
 DEVS = {"ram": 1.0, "ssd": 0.5}   # the ssd set is slower; ratios the same
 CBT = 0.996                        # tracked / untracked origin write throughput
