@@ -336,7 +336,7 @@ bool cblb_cow_passes_unlocked(struct cblb_snapshot *s, sector_t rel, sector_t le
 bool cblb_cow_intercept(struct cblb_snapshot *s, struct bio *bio, sector_t rel, sector_t len);
 void cblb_cow_drain(struct cblb_snapshot *s);
 struct page *cblb_cow_staged(struct cblb_snapshot *s, u64 chunk);
-void cblb_cow_staged_map(struct cblb_snapshot *s, u64 first, unsigned int n, unsigned long *map);
+void cblb_cow_taken_map(struct cblb_snapshot *s, u64 first, unsigned int n, unsigned long *map);
 void cblb_cow_endio(struct bio *bio);
 
 /* reads.c */

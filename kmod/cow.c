@@ -36,6 +36,7 @@
  */
 #define pr_fmt(fmt) "cblb: " fmt
 
+#include <linux/bitmap.h>
 #include <linux/blkdev.h>
 #include <linux/bsearch.h>
 #include <linux/mm.h>
@@ -77,13 +78,13 @@ struct page *cblb_cow_staged(struct cblb_snapshot *s, u64 chunk)
  * left alone. Caller holds read_lock. Each flight's chunks are sorted: one binary search
  * per flight that overlaps the range.
  */
-void cblb_cow_staged_map(struct cblb_snapshot *s, u64 first, unsigned int n, unsigned long *map)
+static void cow_staged_map(struct cblb_snapshot *s, u64 first, unsigned int n,
+			   unsigned long *map)
 {
 	u64 last = first + n - 1;
 	struct cblb_flight *f;
 	unsigned int lo, hi, mid;
 
-	lockdep_assert_held(&s->read_lock);
 	list_for_each_entry(f, &s->flights, node) {
 		if (last < f->chunks[0] || first > f->chunks[f->n - 1])
 			continue;
@@ -97,6 +98,19 @@ void cblb_cow_staged_map(struct cblb_snapshot *s, u64 first, unsigned int n, uns
 		for (; lo < f->n && f->chunks[lo] <= last; lo++)
 			__set_bit(f->chunks[lo] - first, map);
 	}
+}
+
+/*
+ * Bit i of map (cleared first) set for each chunk first + i (i < n) copied or being
+ * copied: in the index (one walk) or staged in a flight. Caller holds read_lock: a chunk
+ * leaves its flight only once it is in the index, so none is missed by both.
+ */
+void cblb_cow_taken_map(struct cblb_snapshot *s, u64 first, unsigned int n, unsigned long *map)
+{
+	lockdep_assert_held(&s->read_lock);
+	bitmap_zero(map, n);
+	cblb_index_present(s, first, n, map);
+	cow_staged_map(s, first, n, map);
 }
 
 /* Copied or being copied. Caller holds read_lock. */

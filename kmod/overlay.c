@@ -156,9 +156,7 @@ static bool overlay_decide(struct cblb_snapshot *s, u64 first, u64 *end,
 		return false;
 	/* Walked again under the lock, not the build's map: a chunk may have entered the
 	 * index, and its flight left the list, since; it would be in neither map. */
-	bitmap_zero(taken, n);
-	cblb_index_present(s, first, n, taken);
-	cblb_cow_staged_map(s, first, n, taken);
+	cblb_cow_taken_map(s, first, n, taken);
 	bitmap_andnot(taken, taken, copied, n);	/* copied chunks stay in the index */
 	cut = find_first_bit(taken, n);
 	if (!cut)

@@ -211,14 +211,10 @@ static bool snap_read_run(struct cblb_snapshot *s, struct bio *parent, struct bv
 	}
 	if (!slot) {
 		/* one registration covers at most CBLB_READ_RUN chunks: a write to one of them
-		 * waits for no more than that; the run ends at the first chunk taken (one walk
-		 * of the index, one look at each staged flight, both under the lock: a chunk
-		 * leaves its flight only once it is in the index) */
+		 * waits for no more than that; the run ends at the first chunk taken */
 		last = min(last, chunk + CBLB_READ_RUN - 1);
 		n = last - chunk + 1;
-		bitmap_zero(taken, n);
-		cblb_index_present(s, chunk, n, taken);
-		cblb_cow_staged_map(s, chunk, n, taken);
+		cblb_cow_taken_map(s, chunk, n, taken);
 		c = chunk + find_next_bit(taken, n, 1);
 		bytes = min_t(u64, iter->bi_size, (chunk_to_sector(c) - sector) << SECTOR_SHIFT);
 		cblb_reads_begin(s, &cl->range, chunk, c - 1, NULL);
