@@ -283,6 +283,15 @@ static inline void cblb_bdev_close(struct cblb_bdev *h)
 	h->bdev = NULL;
 }
 
+/* bio_split(): NULL on failure before 6.14, an ERR_PTR since; here NULL on both. */
+static inline struct bio *cblb_bio_split(struct bio *bio, sector_t sectors, gfp_t gfp,
+					 struct bio_set *bs)
+{
+	struct bio *split = bio_split(bio, sectors, gfp, bs);
+
+	return IS_ERR(split) ? NULL : split;
+}
+
 /* The device number of the block device at path: lookup_bdev(path, &dev) since 5.11. */
 static inline int cblb_lookup_bdev(const char *path, dev_t *dev)
 {

@@ -27,6 +27,10 @@
  * - A snapshot in the hash is tracked only once its start has opened the gate
  *   (cblb_gate_open >= s->gate_seq, start.c): the members of a set enter the hash one by
  *   one and become tracked at one instant, the store that opens the gate.
+ * - cblb_split_bs gives the pieces of a write cut at an origin's edge; cblb_splits counts
+ *   those not yet ended. Module exit waits for zero (wake-ups on cblb_redirect_wq), then
+ *   for RCU and RCU tasks grace periods (no completion left on the module's last
+ *   instructions), then frees the bio_set.
  * Context: the handler is called from any context that submits bios (process, and
  *   rarely softirq); it never sleeps. cblb_origin_submit_bio() runs in the submitter's
  *   context, possibly inside another driver's submit_bio: it never waits for I/O.
@@ -43,6 +47,8 @@ static DEFINE_HASHTABLE(cblb_tracked, 8);
 static atomic_t cblb_nr_tracked = ATOMIC_INIT(0);
 static atomic_t cblb_redirected = ATOMIC_INIT(0);
 static DECLARE_WAIT_QUEUE_HEAD(cblb_redirect_wq);
+static struct bio_set cblb_split_bs;	/* writes cut at an origin's edge */
+static atomic_t cblb_splits = ATOMIC_INIT(0);	/* their pieces not yet ended */
 
 static bool bio_modifies(struct bio *bio)
 {
@@ -59,27 +65,38 @@ static bool bio_modifies(struct bio *bio)
 
 /*
  * The snapshot whose origin the bio touches, and the touched range relative to the
- * origin. Caller is in an RCU read-side section.
+ * origin. *cut is 0 when the bio lies within one origin (or outside every origin past
+ * its first); else the bio crosses the start or end of a tracked origin on its disk,
+ * *cut sectors from its first, and must be split there before any copy is decided
+ * (doc/EDGES.md): one bio over the end of loopXp1 and the start of loopXp2 has two
+ * origins to copy for. Caller is in an RCU read-side section.
  */
-static struct cblb_snapshot *tracker_find(struct bio *bio, sector_t *rel, sector_t *len)
+static struct cblb_snapshot *tracker_find(struct bio *bio, sector_t *rel, sector_t *len,
+					  sector_t *cut)
 {
 	struct gendisk *disk = cblb_bio_disk(bio);
-	struct cblb_snapshot *s;
+	struct cblb_snapshot *s, *found = NULL;
 	sector_t start = cblb_bio_disk_sector(bio), end;
 
 	end = start + bio_sectors(bio);
+	*cut = 0;
 	hash_for_each_possible_rcu(cblb_tracked, s, hash_node, (unsigned long)disk) {
 		sector_t ostart = s->origin_start, oend = ostart + s->origin_sectors;
 
 		if (s->origin_disk != disk || end <= ostart || start >= oend)
 			continue;
-		if (atomic64_read_acquire(&cblb_gate_open) < s->gate_seq)
+		/* the nearest origin boundary inside the bio, gate or no gate */
+		if (ostart > start && (!*cut || ostart - start < *cut))
+			*cut = ostart - start;
+		if (oend < end && (!*cut || oend - start < *cut))
+			*cut = oend - start;
+		if (found || atomic64_read_acquire(&cblb_gate_open) < s->gate_seq)
 			continue;	/* its start has not reached the point in time */
 		*rel = max(start, ostart) - ostart;
 		*len = min(end, oend) - max(start, ostart);
-		return s;
+		found = s;
 	}
-	return NULL;
+	return found;
 }
 
 /*
@@ -92,14 +109,15 @@ noinline void cblb_pass_bio(struct bio *bio)
 	barrier();
 }
 
-static void notrace cblb_origin_submit_bio(struct bio *bio)
+/* A bio that lies within one origin (or none): copy first, or pass on. */
+static void origin_submit_piece(struct bio *bio)
 {
 	struct cblb_snapshot *s;
-	sector_t rel, len;
+	sector_t rel, len, cut;
 	bool taken = false;
 
 	rcu_read_lock();
-	s = tracker_find(bio, &rel, &len);
+	s = tracker_find(bio, &rel, &len, &cut);
 	if (s) {
 		/* Found past its gate again: marked in the current map (doc/CBT.md). */
 		if (atomic_read(&cblb_nr_cbt))
@@ -109,6 +127,74 @@ static void notrace cblb_origin_submit_bio(struct bio *bio)
 	rcu_read_unlock();
 	if (!taken)
 		cblb_pass_bio(bio);
+}
+
+/* A piece of a cut write has ended: its status goes to the rest, then it is freed. */
+static void origin_split_endio(struct bio *front)
+{
+	struct bio *rest = front->bi_private;
+
+	if (front->bi_status && !rest->bi_status)
+		rest->bi_status = front->bi_status;
+	bio_put(front);
+	bio_endio(rest);
+	if (atomic_dec_and_test(&cblb_splits))
+		wake_up_all(&cblb_redirect_wq);
+}
+
+/*
+ * The first cut sectors of bio as a bio of their own that the rest (which bio becomes)
+ * waits for, as the block layer splits a bio at its queue's limits; NULL when no split
+ * could be made, and then bio has been ended. From cblb_split_bs, whose rescuer keeps a
+ * split queued on current->bio_list from holding up the next allocation. Not bio_chain():
+ * the pieces are counted, so that module exit waits for the last one to end before their
+ * bio_set goes.
+ */
+static struct bio *origin_split(struct bio *bio, sector_t cut)
+{
+	bool nowait = bio->bi_opf & REQ_NOWAIT;
+	struct bio *front;
+
+	front = cblb_bio_split(bio, cut, nowait ? GFP_NOWAIT : GFP_NOIO, &cblb_split_bs);
+	if (!front) {
+		if (nowait) {
+			bio_wouldblock_error(bio);
+		} else {
+			pr_err_ratelimited("a write over the edge of a snapshotted origin could not be split; failed with EIO\n");
+			bio_io_error(bio);
+		}
+		return NULL;
+	}
+	atomic_inc(&cblb_splits);
+	bio_inc_remaining(bio);
+	front->bi_private = bio;
+	front->bi_end_io = origin_split_endio;
+	return front;
+}
+
+/*
+ * Where the hook sends an origin write that may need a copy. A write over the edge of
+ * a tracked origin is cut at every such edge and each piece decided for the origin it
+ * lies in (doc/EDGES.md, "One bio, two origins").
+ */
+static void notrace cblb_origin_submit_bio(struct bio *bio)
+{
+	for (;;) {
+		struct bio *piece = bio;
+		sector_t rel, len, cut;
+
+		rcu_read_lock();
+		tracker_find(bio, &rel, &len, &cut);
+		rcu_read_unlock();
+		if (cut) {
+			piece = origin_split(bio, cut);
+			if (!piece)
+				break;
+		}
+		origin_submit_piece(piece);
+		if (piece == bio)
+			break;
+	}
 	if (atomic_dec_and_test(&cblb_redirected))
 		wake_up_all(&cblb_redirect_wq);
 }
@@ -120,7 +206,7 @@ static void notrace cblb_ftrace_handler(unsigned long ip, unsigned long parent_i
 	struct cblb_snapshot *s = NULL;
 	struct pt_regs *regs;
 	struct bio *bio;
-	sector_t rel, len;
+	sector_t rel, len, cut = 0;
 
 	if (!cbt && !atomic_read(&cblb_nr_tracked))
 		return;
@@ -139,13 +225,14 @@ static void notrace cblb_ftrace_handler(unsigned long ip, unsigned long parent_i
 	/* The ftrace trampoline need not disable preemption: an RCU section of our own. */
 	rcu_read_lock();
 	if (atomic_read(&cblb_nr_tracked))
-		s = tracker_find(bio, &rel, &len);
+		s = tracker_find(bio, &rel, &len, &cut);
 	if (s && cbt)
 		cblb_cbt_mark(bio, true);
 	/* A write that may pass now, as far as can be told without a lock (a rewrite of copied
 	 * chunks, no snapshot read in flight), is not redirected: it goes on from here and
-	 * does not come through the trampoline a second time. */
-	if (s && !cblb_cow_passes_unlocked(s, rel, len)) {
+	 * does not come through the trampoline a second time. A write over an origin's edge
+	 * is always redirected, to be split there. */
+	if (s && (cut || !cblb_cow_passes_unlocked(s, rel, len))) {
 		atomic_inc(&cblb_redirected);
 		instruction_pointer_set(regs, (unsigned long)cblb_origin_submit_bio);
 	}
@@ -185,11 +272,14 @@ int cblb_tracker_init(void)
 	static unsigned char func[] = "submit_bio_noacct";
 	int err;
 
+	err = bioset_init(&cblb_split_bs, BIO_POOL_SIZE, 0, BIOSET_NEED_RESCUER);
+	if (err)
+		return err;
 	err = ftrace_set_filter(&cblb_ftrace_ops, func, sizeof(func) - 1, 0);
 	if (err) {
 		pr_err("cannot hook submit_bio_noacct (ftrace filter: %d); is CONFIG_DYNAMIC_FTRACE set?\n",
 		       err);
-		return err;
+		goto fail_filter;
 	}
 	err = register_ftrace_function(&cblb_ftrace_ops);
 	if (err == -EBUSY) {
@@ -205,6 +295,8 @@ int cblb_tracker_init(void)
 
 fail_register:
 	cblb_ftrace_free_filter(&cblb_ftrace_ops);
+fail_filter:
+	bioset_exit(&cblb_split_bs);
 	return err;
 }
 
@@ -212,8 +304,11 @@ void cblb_tracker_exit(void)
 {
 	unregister_ftrace_function(&cblb_ftrace_ops);
 	cblb_ftrace_free_filter(&cblb_ftrace_ops);
-	wait_event(cblb_redirect_wq, atomic_read(&cblb_redirected) == 0);
+	wait_event(cblb_redirect_wq, atomic_read(&cblb_redirected) == 0 &&
+		   atomic_read(&cblb_splits) == 0);
+	synchronize_rcu();	/* a piece's completion (any context) past its wake-up */
 	/* A redirected task may still be on cblb_origin_submit_bio()'s last instructions,
 	 * even preempted there: wait until every task has passed a voluntary switch. */
 	synchronize_rcu_tasks();
+	bioset_exit(&cblb_split_bs);
 }
