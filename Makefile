@@ -18,7 +18,7 @@ provision:
 	@bash scripts/provision $(KERNELS)
 
 $(VENV)/.stamp: pyproject.toml setup.py $(wildcard ext/*.pyx ext/*.c ext/*.h)
-	@$(MAKE) -s provision
+	@$(MAKE) -s provision KERNELS="$(KERNELS)"
 	/usr/bin/python3 -m venv --system-site-packages $(VENV)
 	$(VENV)/bin/pip install -q --disable-pip-version-check virtme-ng Cython 'setuptools>=68' wheel
 	$(VENV)/bin/pip install -q --disable-pip-version-check --no-build-isolation -e '.[test]'
@@ -27,7 +27,7 @@ $(VENV)/.stamp: pyproject.toml setup.py $(wildcard ext/*.pyx ext/*.c ext/*.h)
 venv: $(VENV)/.stamp
 
 kmod:
-	@$(MAKE) -s provision
+	@$(MAKE) -s provision KERNELS="$(KERNELS)"
 	@for k in $(KERNELS); do bash scripts/build-kmod "$$k" || exit 1; done
 
 sparse: provision
@@ -43,6 +43,8 @@ test-kernels: venv kmod
 test-host: venv
 	$(PY) -m pytest -q tests/host
 
+# make demo runs in the 6.12 lab guest (scripts/demo): only that kernel is provisioned.
+demo: KERNELS := 6.12
 demo: venv kmod
 	@bash scripts/demo
 

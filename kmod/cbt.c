@@ -538,6 +538,10 @@ int cblb_cmd_track(const char *path)
 	if (cblb_is_snapimage(h.bdev->bd_disk)) {
 		pr_notice_ratelimited("track: %s is a snapshot\n", path);
 		err = -EINVAL;
+	} else if (bdev_is_zoned(h.bdev)) {
+		pr_notice_ratelimited("track: %s is a zoned device; zone resets and appends change it without a write that could be marked\n",
+				      path);
+		err = -EOPNOTSUPP;
 	} else {
 		cbt_get(h.bdev, &err);
 	}

@@ -244,6 +244,14 @@ int cblb_cmd_create(const char *name, const char *origin)
 		err = -EINVAL;
 		goto fail_origin;
 	}
+	/* Zone reset, reset-all, finish and zone append change data without a write the
+	 * hook can copy or mark (doc/EDGES.md): refused, not copied wrongly. */
+	if (bdev_is_zoned(s->origin.bdev)) {
+		pr_notice_ratelimited("create %s: %s is a zoned device; zone resets and appends change it without a write that could be copied, so zoned devices cannot be snapshotted\n",
+				      name, origin);
+		err = -EOPNOTSUPP;
+		goto fail_origin;
+	}
 	other = overlapping(s);
 	if (other) {
 		pr_notice_ratelimited("create %s: %s overlaps the origin %s of snapshot %s; a disk and its partitions cannot be snapshotted at once\n",
