@@ -285,6 +285,7 @@ struct cblb_start_member {
 	u32 max_files;
 	struct cblb_snapshot *snap;	/* filled in by the command */
 	int freeze_err;
+	bool fs_frozen;			/* a filesystem on the origin was frozen */
 };
 extern atomic64_t cblb_gate_open;
 int cblb_cmd_start(const char *name, const char *catalog, u64 file_blocks, u32 max_files);

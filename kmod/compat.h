@@ -323,16 +323,38 @@ static inline u64 cblb_diskseq(struct gendisk *disk)
  * super_block until 5.11 and thaw_bdev() wanted it back. The 5.10 thaw finds it again the
  * way freeze_bdev() itself does for a nested freeze: the frozen sb holds an active
  * reference until its last thaw.
+ * *fs is set when a filesystem on bdev itself is frozen now (doc/EDGES.md, "What freeze
+ * says"): from 6.8 the device's holder is a filesystem that can be frozen through it;
+ * 5.11 to 6.7 remember the frozen sb in bd_fsfreeze_sb; 5.10 returns it. Otherwise the
+ * freeze only synced the device (nothing mounted on it, or its holder is dm, md or a
+ * filesystem that the device does not lead to, such as btrfs before 6.8).
  */
-static inline int cblb_freeze(struct block_device *bdev)
+static inline int cblb_freeze(struct block_device *bdev, bool *fs)
 {
 #if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 8, 0)
-	return bdev_freeze(bdev);
+	int err = bdev_freeze(bdev);
+
+	mutex_lock(&bdev->bd_holder_lock);
+	*fs = !err && bdev->bd_holder_ops && bdev->bd_holder_ops->freeze;
+	mutex_unlock(&bdev->bd_holder_lock);
+	return err;
 #elif LINUX_VERSION_CODE >= KERNEL_VERSION(5, 11, 0)
-	return freeze_bdev(bdev);
+	int err = freeze_bdev(bdev);
+
+	*fs = !err && READ_ONCE(bdev->bd_fsfreeze_sb);
+	return err;
 #else
-	return PTR_ERR_OR_ZERO(freeze_bdev(bdev));
+	struct super_block *sb = freeze_bdev(bdev);
+
+	*fs = !IS_ERR_OR_NULL(sb);
+	return PTR_ERR_OR_ZERO(sb);
 #endif
+}
+
+/* Does anything hold bdev exclusively (a mounted filesystem, dm, md)? */
+static inline bool cblb_bdev_held(struct block_device *bdev)
+{
+	return READ_ONCE(bdev->bd_holder) != NULL;
 }
 
 static inline void cblb_thaw(struct block_device *bdev)

@@ -209,7 +209,7 @@ int cblb_cmd_start_set(const char *set, struct cblb_start_member *m, int n)
 	for (frozen = 0; frozen < n; frozen++) {
 		struct cblb_snapshot *s = m[frozen].snap;
 
-		m[frozen].freeze_err = cblb_freeze(s->origin.bdev);
+		m[frozen].freeze_err = cblb_freeze(s->origin.bdev, &m[frozen].fs_frozen);
 		if (m[frozen].freeze_err && m[frozen].freeze_err != -EBUSY) {
 			pr_notice_ratelimited("start %s: freezing %s failed (%d)\n", s->name,
 					      s->origin_path, m[frozen].freeze_err);
@@ -224,7 +224,14 @@ int cblb_cmd_start_set(const char *set, struct cblb_start_member *m, int n)
 	for (i = 0; i < n; i++) {
 		struct cblb_snapshot *s = m[i].snap;
 
-		s->freeze = m[i].freeze_err ? "already-frozen" : "frozen";
+		if (m[i].freeze_err)
+			s->freeze = "already-frozen";
+		else if (m[i].fs_frozen)
+			s->freeze = "frozen";
+		else if (cblb_bdev_held(s->origin.bdev))
+			s->freeze = "not-frozen";	/* dm, md, btrfs before 6.8 */
+		else
+			s->freeze = "unmounted";
 		strscpy(s->set_name, set ? set : "", sizeof(s->set_name));
 		s->gate_seq = seq;
 		cblb_set_state(s, CBLB_ACTIVE);

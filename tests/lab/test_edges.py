@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from conftest import cleanup_snapshots, make_partitioned_loop, sh
+from conftest import cleanup_snapshots, make_loop, make_partitioned_loop, mkfs, sh
 
 from cblb.control import Controller
 
@@ -111,3 +111,42 @@ def test_zoned_origin_refused(cblb_module: Controller) -> None:
     finally:
         (cfg / "power").write_text("0")
         cfg.rmdir()
+
+
+@pytest.mark.compact
+def test_freeze_says_what_was_frozen(cblb_module: Controller) -> None:
+    """`freeze` is `frozen` only when a filesystem on the origin was frozen: `unmounted`
+    for an origin nothing holds, `not-frozen` for one held by a device stacked on it (a
+    filesystem on dm-linear over the origin is not reached by the origin's freeze)."""
+    loops = [make_loop(64, f"frz{i}") for i in range(3)]
+    cat = Path(f"/tmp/cblb-frzcat-{uuid.uuid4().hex[:6]}")
+    mnts = [Path(f"/tmp/cblb-frzmnt-{uuid.uuid4().hex[:6]}") for _ in range(2)]
+    cat.mkdir()
+    sh(f"mount -t tmpfs -o size=64M tmpfs {cat}")
+    dm = f"cblbfrz{uuid.uuid4().hex[:4]}"
+    try:
+        plain, mounted, under_dm = (lp.device for lp in loops)
+        mkfs(mounted, "ext4")
+        mnts[0].mkdir()
+        sh(f"mount {mounted} {mnts[0]}")
+        sectors = int(sh(f"blockdev --getsz {under_dm}"))
+        sh(f"dmsetup create {dm} --table '0 {sectors} linear {under_dm} 0'")
+        mkfs(f"/dev/mapper/{dm}", "ext4")
+        mnts[1].mkdir()
+        sh(f"mount /dev/mapper/{dm} {mnts[1]}")
+        want = {"frzplain": (plain, "unmounted"), "frzmnt": (mounted, "frozen"),
+                "frzdm": (under_dm, "not-frozen")}
+        for name, (dev, _) in want.items():
+            (cat / name).mkdir()
+            cblb_module.create(name, dev)
+            cblb_module.start(name, str(cat / name), 8192, 4)
+        got = {name: cblb_module.snapshot(name).freeze for name in want}
+        assert got == {name: w for name, (_, w) in want.items()}
+    finally:
+        cleanup_snapshots(cblb_module)
+        for m in mnts:
+            sh(f"umount {m}", check=False)
+        sh(f"dmsetup remove {dm}", check=False)
+        sh(f"umount {cat}", check=False)
+        for lp in loops:
+            lp.detach()
