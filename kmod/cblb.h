@@ -168,6 +168,7 @@ struct cblb_store {
 	struct workqueue_struct *read_wq;	/* FILE: snapshot reads of copied chunks */
 	struct block_device *home;	/* where the store's data lands (DIRECT: bdev; FILE:
 					 * the real filesystem's device, NULL for tmpfs/NFS) */
+	struct super_block *home_sb;	/* FILE: the real filesystem (pinned by the files) */
 	u64 file_chunks;		/* slots in one temp file */
 	u64 file_bytes;
 	unsigned int max_files;
@@ -355,6 +356,8 @@ void cblb_reads_close(struct cblb_snapshot *s);
 bool cblb_bdev_overlaps_origin(struct cblb_snapshot *s, struct block_device *bdev);
 int cblb_stack_reaches_origin(struct cblb_snapshot *s, struct block_device *bdev,
 			      char *top, size_t top_size);
+int cblb_sb_reaches_origin(struct cblb_snapshot *s, struct super_block *sb, char *top,
+			   size_t top_size);
 
 /* store.c */
 int cblb_store_init(struct cblb_snapshot *s, const char *catalog, u64 file_blocks,

@@ -156,13 +156,16 @@ struct cblb_snapshot *cblb_catalog_meets_origin(struct cblb_snapshot *s, bool ca
 	for (i = 0; i < cblb_total; i++) {
 		struct cblb_snapshot *o = slots[i];
 		struct cblb_snapshot *origin = catalog_of_s ? o : s;
-		struct block_device *home;
+		struct cblb_store *st;
 
 		if (!o || o == s)
 			continue;
-		home = catalog_of_s ? s->store.home : o->store.home;
-		if (home && cblb_stack_reaches_origin(origin, home, top, sizeof(top)))
+		st = catalog_of_s ? &s->store : &o->store;
+		if (st->home && cblb_stack_reaches_origin(origin, st->home, top, sizeof(top)))
 			return o;
+		if (!st->home && st->home_sb &&
+		    cblb_sb_reaches_origin(origin, st->home_sb, top, sizeof(top)))
+			return o;	/* btrfs, or a filesystem whose devices cannot be named */
 	}
 	return NULL;
 }

@@ -25,6 +25,7 @@
 #include <linux/kdev_t.h>
 #include <linux/namei.h>
 #include <linux/slab.h>
+#include <uapi/linux/magic.h>
 #include "cblb.h"
 
 #define CBLB_STACK_DEPTH	8
@@ -86,6 +87,7 @@ static int read_text(const char *path, char *buf, size_t size)
 #define WALK_UNKNOWN	(-1)
 
 static int walk_dev(struct stack_walk *w, dev_t dev, unsigned int depth);
+static int walk_sb(struct stack_walk *w, struct super_block *sb, unsigned int depth);
 
 /* The filesystem holding path: the device it lives on, overlayfs' upper layer included. */
 static int walk_path(struct stack_walk *w, const char *name, unsigned int depth)
@@ -97,23 +99,19 @@ static int walk_path(struct stack_walk *w, const char *name, unsigned int depth)
 	if (kern_path(name, LOOKUP_FOLLOW, &path))
 		return WALK_UNKNOWN;
 	real = d_real_inode(path.dentry);
-	if (real && real->i_sb->s_bdev)
-		res = walk_dev(w, real->i_sb->s_bdev->bd_dev, depth + 1);
-	else if (path.dentry->d_sb->s_bdev)
-		res = walk_dev(w, path.dentry->d_sb->s_bdev->bd_dev, depth + 1);
+	res = walk_sb(w, real ? real->i_sb : path.dentry->d_sb, depth);
 	path_put(&path);
 	return res;
 }
 
-static int walk_slaves(struct stack_walk *w, const char *disk, unsigned int depth)
+/* Walk every device named in the sysfs folder dirpath (dm/md slaves, btrfs devices). */
+static int walk_named(struct stack_walk *w, char *p, unsigned int depth)
 {
 	struct slave_names *sn;
 	struct file *dir;
-	char *p;
 	unsigned int i;
 	int res = WALK_UNKNOWN;
 
-	p = kasprintf(GFP_KERNEL, "/sys/class/block/%s/slaves", disk);
 	sn = kzalloc(sizeof(*sn), GFP_KERNEL);
 	if (!p || !sn)
 		goto out;
@@ -143,6 +141,43 @@ out:
 	kfree(sn);
 	kfree(p);
 	return res;
+}
+
+static int walk_slaves(struct stack_walk *w, const char *disk, unsigned int depth)
+{
+	return walk_named(w, kasprintf(GFP_KERNEL, "/sys/class/block/%s/slaves", disk), depth);
+}
+
+/* Filesystems with no block device under them that cblb accepts as catalogs. */
+static bool sb_has_no_device(struct super_block *sb)
+{
+	static const char * const types[] = {
+		"tmpfs", "ramfs", "nfs", "nfs4", "cifs", "smb3", "9p", "virtiofs", "ceph",
+	};
+	unsigned int i;
+
+	for (i = 0; i < ARRAY_SIZE(types); i++)
+		if (!strcmp(sb->s_type->name, types[i]))
+			return true;
+	return false;
+}
+
+/*
+ * The devices a filesystem writes to: its s_bdev; for btrfs, which leaves s_bdev empty,
+ * every device of /sys/fs/btrfs/<fsid>/devices/; none for tmpfs, NFS and the like. Any
+ * other filesystem without a device (FUSE, which may sit on any device) cannot be told.
+ */
+static int walk_sb(struct stack_walk *w, struct super_block *sb, unsigned int depth)
+{
+	if (sb->s_bdev)
+		return walk_dev(w, sb->s_bdev->bd_dev, depth + 1);
+	if (sb->s_magic == BTRFS_SUPER_MAGIC) {
+		if (!w->culprit[0])
+			snprintf(w->culprit, sizeof(w->culprit), "btrfs");
+		return walk_named(w, kasprintf(GFP_KERNEL, "/sys/fs/btrfs/%pU/devices",
+					       &sb->s_uuid), depth);
+	}
+	return sb_has_no_device(sb) ? WALK_NO : WALK_UNKNOWN;
 }
 
 static int walk_loop(struct stack_walk *w, const char *disk, unsigned int depth)
@@ -216,5 +251,21 @@ int cblb_stack_reaches_origin(struct cblb_snapshot *s, struct block_device *bdev
 	int res = walk_dev(&w, bdev->bd_dev, 0);
 
 	strscpy(top, w.culprit[0] ? w.culprit : "?", top_size);
+	return res;
+}
+
+/**
+ * cblb_sb_reaches_origin - would writes of the filesystem @sb reach the origin of @s?
+ * As cblb_stack_reaches_origin(), from every device the filesystem writes to (walk_sb):
+ * btrfs's whole device list; -1 for a filesystem whose devices cannot be named.
+ * Context: process, may sleep.
+ */
+int cblb_sb_reaches_origin(struct cblb_snapshot *s, struct super_block *sb, char *top,
+			   size_t top_size)
+{
+	struct stack_walk w = { .snap = s };
+	int res = walk_sb(&w, sb, 0);
+
+	strscpy(top, w.culprit[0] ? w.culprit : sb->s_type->name, top_size);
 	return res;
 }

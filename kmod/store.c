@@ -574,9 +574,23 @@ static int store_check_file_backing(struct cblb_store *st)
 	struct cblb_snapshot *s = st->snap;
 	struct inode *real = d_real_inode(st->files[0]->file->f_path.dentry);
 
-	st->home = real ? real->i_sb->s_bdev : NULL;
-	if (!st->home)
-		return 0;
+	char top[BDEVNAME_SIZE];
+	int res;
+
+	st->home_sb = real ? real->i_sb : st->files[0]->file->f_path.dentry->d_sb;
+	st->home = st->home_sb->s_bdev;
+	if (!st->home) {
+		/* btrfs (no s_bdev: its device list is walked), tmpfs, NFS, FUSE, ... */
+		res = cblb_sb_reaches_origin(s, st->home_sb, top, sizeof(top));
+		if (res > 0)
+			pr_notice_ratelimited("start %s: catalog %s is on %s, which writes to the origin %s or a device built on it; put the catalog on another device\n",
+					      s->name, st->catalog_name, top, s->origin_path);
+		else if (res < 0)
+			pr_notice_ratelimited("start %s: cannot name the devices of the %s filesystem of catalog %s, so cannot tell whether it writes to the origin %s; put the catalog on another filesystem\n",
+					      s->name, st->home_sb->s_type->name, st->catalog_name,
+					      s->origin_path);
+		return res ? -ELOOP : 0;
+	}
 	if (cblb_bdev_overlaps_origin(s, st->home)) {
 		pr_notice_ratelimited("start %s: catalog %s is on the origin's filesystem, which is not ext4 or xfs; only those can hold their own catalog\n",
 				      s->name, st->catalog_name);

@@ -150,3 +150,31 @@ def test_freeze_says_what_was_frozen(cblb_module: Controller) -> None:
         sh(f"umount {cat}", check=False)
         for lp in loops:
             lp.detach()
+
+
+@pytest.mark.compact
+def test_catalog_on_the_origins_own_btrfs_refused(cblb_module: Controller) -> None:
+    """btrfs leaves the superblock's device empty: the store's checks used to see no device
+    and write the store through btrfs onto the origin. start now walks btrfs's device list
+    and refuses with ELOOP, naming the origin; nothing is left behind in the catalog."""
+    sh("modprobe btrfs")
+    lp = make_loop(256, "btrfs")
+    mnt = Path(f"/tmp/cblb-btrfs-{uuid.uuid4().hex[:6]}")
+    try:
+        sh(f"mkfs.btrfs -q -f {lp.device}")
+        mnt.mkdir()
+        sh(f"mount {lp.device} {mnt}")
+        (mnt / "shadow").mkdir()
+        (mnt / "data").write_bytes(b"x" * 65536)
+        cblb_module.create("btrorigin", lp.device)
+        with pytest.raises(OSError) as refused:
+            with open("/sys/kernel/cblb/cmd", "w") as cmd:
+                cmd.write(f"start btrorigin {mnt}/shadow 8192 4")
+        assert refused.value.errno == errno.ELOOP, refused.value
+        assert "writes to the origin" in sh("dmesg | tail -5")
+        assert cblb_module.snapshot("btrorigin").state == "created"
+        assert list((mnt / "shadow").iterdir()) == []
+    finally:
+        cleanup_snapshots(cblb_module)
+        sh(f"umount {mnt}", check=False)
+        lp.detach()
