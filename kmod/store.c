@@ -573,7 +573,6 @@ static int store_check_file_backing(struct cblb_store *st)
 {
 	struct cblb_snapshot *s = st->snap;
 	struct inode *real = d_real_inode(st->files[0]->file->f_path.dentry);
-
 	char top[BDEVNAME_SIZE];
 	int res;
 

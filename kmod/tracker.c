@@ -109,8 +109,11 @@ noinline void cblb_pass_bio(struct bio *bio)
 	barrier();
 }
 
-/* A bio that lies within one origin (or none): copy first, or pass on. */
-static void origin_submit_piece(struct bio *bio)
+/*
+ * Decide a bio that lies within one origin (or none): copy first, or pass on; returns 0.
+ * A bio over a tracked origin's edge is left alone: returns where to cut it.
+ */
+static sector_t origin_decide(struct bio *bio)
 {
 	struct cblb_snapshot *s;
 	sector_t rel, len, cut;
@@ -118,15 +121,18 @@ static void origin_submit_piece(struct bio *bio)
 
 	rcu_read_lock();
 	s = tracker_find(bio, &rel, &len, &cut);
-	if (s) {
+	if (s && !cut) {
 		/* Found past its gate again: marked in the current map (doc/CBT.md). */
 		if (atomic_read(&cblb_nr_cbt))
 			cblb_cbt_mark(bio, true);
 		taken = cblb_cow_intercept(s, bio, rel, len);
 	}
 	rcu_read_unlock();
+	if (cut)
+		return cut;
 	if (!taken)
 		cblb_pass_bio(bio);
+	return 0;
 }
 
 /* A piece of a cut write has ended: its status goes to the rest, then it is freed. */
@@ -179,21 +185,22 @@ static struct bio *origin_split(struct bio *bio, sector_t cut)
  */
 static void notrace cblb_origin_submit_bio(struct bio *bio)
 {
-	for (;;) {
-		struct bio *piece = bio;
-		sector_t rel, len, cut;
+	struct bio_list todo;
+	struct bio *front;
+	sector_t cut;
 
-		rcu_read_lock();
-		tracker_find(bio, &rel, &len, &cut);
-		rcu_read_unlock();
-		if (cut) {
-			piece = origin_split(bio, cut);
-			if (!piece)
-				break;
-		}
-		origin_submit_piece(piece);
-		if (piece == bio)
-			break;
+	/* One lookup a bio: decided, or cut and its front decided before its rest. */
+	bio_list_init(&todo);
+	bio_list_add(&todo, bio);
+	while ((bio = bio_list_pop(&todo))) {
+		cut = origin_decide(bio);
+		if (!cut)
+			continue;
+		front = origin_split(bio, cut);
+		if (!front)
+			continue;
+		bio_list_add_head(&todo, bio);
+		bio_list_add_head(&todo, front);
 	}
 	if (atomic_dec_and_test(&cblb_redirected))
 		wake_up_all(&cblb_redirect_wq);
