@@ -72,6 +72,8 @@
  */
 #define CBLB_AHEAD_CHUNKS	4096
 #define CBLB_AHEAD_CHUNKS_SHARED	16384
+/* How often the store looks whether the writer of "start" has gone (store.c). */
+#define CBLB_MM_WATCH		(5 * HZ)
 /* remove waits this long for a passing probe (udev, blkid) to close the snapshot disk. */
 #define CBLB_REMOVE_WAIT_MS	2000
 /* Slots are stored +1 in 31 bits of the index: the store holds at most 2^31 - 2 chunks. */
@@ -180,7 +182,10 @@ struct cblb_store {
 	int prepare_error;		/* Protected by lock */
 	wait_queue_head_t ready_wq;
 	u64 next_slot;			/* Owned by the COW worker */
-	struct mm_struct *mm;		/* borrowed for FIEMAP's user buffer, see store.c */
+	struct mutex mm_lock;
+	struct mm_struct *mm;		/* Protected by mm_lock; FIEMAP's user buffer, store.c */
+	bool mm_empty;			/* Protected by mm_lock; unmapped, its writer gone */
+	struct delayed_work mm_work;	/* the watch that empties or releases mm */
 	struct work_struct prepare_work;
 	struct cblb_snapshot *snap;
 };

@@ -23,13 +23,21 @@
  *
  * FIEMAP only reports to a user-space buffer. "start" runs in the writer's process and
  * maps the first file with a scratch mapping in that process; the preparer, a kernel
- * worker, borrows the same mm (kthread_use_mm) for the files that follow.
+ * worker, borrows the same mm (kthread_use_mm) for the files that follow. That reference
+ * keeps the whole address space alive, so it is held only while the store can still
+ * grow, and the watch (mm_work, every CBLB_MM_WATCH) empties the address space once the
+ * writer has gone (our reference is its last user): every mapping is unmapped, and a
+ * starter that exited costs an empty mm_struct, not its memory. Why not a lazy reference
+ * (mmgrab) taken for real only while preparing: the CLI exits right after "start", and a
+ * store that could not grow after that would fail the snapshot. kmod/doc/STORE.md.
  *
  * Lock story:
  * - st->lock (spinlock) protects nr_ready, nr_preparing and prepare_error.
  * - files[i] is written once by the preparer, published with smp_store_release() before
  *   nr_ready counts it, read with smp_load_acquire(); it never changes until exit.
  * - next_slot belongs to the COW worker; the preparer only peeks at it.
+ * - st->mm_lock (mutex) serialises every use of st->mm and mm_empty: the preparer's
+ *   scratch mapping, the watch's unmapping and the release.
  * Context: cblb_store_alloc() runs in the COW worker, cblb_store_write_file() in the COW
  * pipeline's completion workqueue (done_wq); both may sleep. cblb_store_read_file() runs
  * in st->read_wq. cblb_store_locate() never sleeps (snapshot read submission, the COW
@@ -309,11 +317,66 @@ static bool store_wants_more(struct cblb_store *st)
 		     store_shares_origin_disk(st) ? CBLB_AHEAD_CHUNKS_SHARED : CBLB_AHEAD_CHUNKS);
 }
 
+/* Could the store still take another temp file? */
+static bool store_may_grow(struct cblb_store *st)
+{
+	bool may;
+
+	spin_lock(&st->lock);
+	may = st->nr_ready < st->max_files && !st->prepare_error;
+	spin_unlock(&st->lock);
+	return may && !READ_ONCE(st->snap->dying);
+}
+
+/* The borrowed address space is needed no more: give it back. */
+static void store_release_mm(struct cblb_store *st)
+{
+	lockdep_assert_held(&st->mm_lock);
+	if (st->mm)
+		mmput(st->mm);
+	st->mm = NULL;
+}
+
+/*
+ * Once our reference is the address space's last user (the writer of "start" and all its
+ * threads have exited, and nothing else can take a new user reference without a task that
+ * has it), unmap everything in it: only the preparer's scratch page will ever live there.
+ */
+static void store_empty_orphan_mm(struct cblb_store *st)
+{
+	lockdep_assert_held(&st->mm_lock);
+	if (!st->mm || st->mm_empty || atomic_read(&st->mm->mm_users) != 1)
+		return;
+	kthread_use_mm(st->mm);
+	vm_munmap(0, TASK_SIZE);
+	kthread_unuse_mm(st->mm);
+	st->mm_empty = true;
+	pr_debug("%s: the address space of the writer of start, gone, is emptied\n",
+		 st->snap->name);
+}
+
+static void store_mm_watch(struct work_struct *work)
+{
+	struct cblb_store *st = container_of(to_delayed_work(work), struct cblb_store, mm_work);
+	bool again;
+
+	mutex_lock(&st->mm_lock);
+	if (!store_may_grow(st))
+		store_release_mm(st);
+	else
+		store_empty_orphan_mm(st);
+	again = st->mm && !st->mm_empty;
+	mutex_unlock(&st->mm_lock);
+	if (again)
+		queue_delayed_work(cblb_unbound_wq, &st->mm_work, CBLB_MM_WATCH);
+}
+
 static void store_prepare_work(struct work_struct *work)
 {
 	struct cblb_store *st = container_of(work, struct cblb_store, prepare_work);
 	bool borrowed = false;
 
+	mutex_lock(&st->mm_lock);
 	if (!current->mm && st->mm) {
 		kthread_use_mm(st->mm);
 		borrowed = true;
@@ -349,6 +412,9 @@ static void store_prepare_work(struct work_struct *work)
 	}
 	if (borrowed)
 		kthread_unuse_mm(st->mm);
+	if (!store_may_grow(st))
+		store_release_mm(st);
+	mutex_unlock(&st->mm_lock);
 }
 
 static bool store_has(struct cblb_store *st, u64 need)
@@ -655,6 +721,8 @@ int cblb_store_init(struct cblb_snapshot *s, const char *catalog, u64 file_block
 	spin_lock_init(&st->lock);
 	init_waitqueue_head(&st->ready_wq);
 	INIT_WORK(&st->prepare_work, store_prepare_work);
+	mutex_init(&st->mm_lock);
+	INIT_DELAYED_WORK(&st->mm_work, store_mm_watch);
 	st->max_files = max_files;
 	st->file_chunks = (file_blocks << SECTOR_SHIFT) >> CBLB_CHUNK_SHIFT;
 	st->file_bytes = st->file_chunks << CBLB_CHUNK_SHIFT;
@@ -748,6 +816,8 @@ void cblb_store_started(struct cblb_store *st)
 	cblb_store_unname(st);
 	if (st->nr_ready < st->max_files)
 		queue_work(cblb_unbound_wq, &st->prepare_work);
+	if (st->mm)
+		queue_delayed_work(cblb_unbound_wq, &st->mm_work, CBLB_MM_WATCH);
 }
 
 /* Called once nothing can reach the store any more (tracker gone, worker drained). */
@@ -757,6 +827,7 @@ void cblb_store_exit(struct cblb_store *st)
 
 	if (!st->files)
 		return;
+	cancel_delayed_work_sync(&st->mm_work);
 	cancel_work_sync(&st->prepare_work);
 	if (st->read_wq)
 		destroy_workqueue(st->read_wq);
@@ -768,9 +839,9 @@ void cblb_store_exit(struct cblb_store *st)
 	}
 	kfree(st->files);
 	st->files = NULL;
-	if (st->mm)
-		mmput(st->mm);
-	st->mm = NULL;
+	mutex_lock(&st->mm_lock);
+	store_release_mm(st);
+	mutex_unlock(&st->mm_lock);
 	kfree(st->catalog_name);
 	st->catalog_name = NULL;
 	path_put(&st->catalog);

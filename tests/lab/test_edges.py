@@ -10,14 +10,25 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import subprocess
+import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Iterator
 
 import pytest
-from conftest import cleanup_snapshots, make_loop, make_partitioned_loop, mkfs, sh
+from conftest import (
+    build_scratch,
+    cleanup_snapshots,
+    make_loop,
+    make_partitioned_loop,
+    mkfs,
+    sh,
+    teardown_scratch,
+)
 
-from cblb.control import Controller
+from cblb.control import Controller, SnapshotState
 
 pytestmark = [pytest.mark.lab]
 
@@ -178,3 +189,55 @@ def test_catalog_on_the_origins_own_btrfs_refused(cblb_module: Controller) -> No
         cleanup_snapshots(cblb_module)
         sh(f"umount {mnt}", check=False)
         lp.detach()
+
+
+STARTER = r"""
+import os, sys
+hog = bytearray(b"\x01") * (256 << 20)     # 256 MiB of touched anonymous memory
+with open("/sys/kernel/cblb/cmd", "w") as cmd:
+    cmd.write(sys.argv[1])
+os._exit(0)                                 # exits holding it (no free() on the way out)
+"""
+
+
+def anon_mib() -> float:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("AnonPages:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no AnonPages in /proc/meminfo")
+
+
+@pytest.mark.compact
+def test_writer_of_start_gets_its_memory_back(cblb_module: Controller) -> None:
+    """A process that wrote "start" and exited leaves no memory behind, and the store
+    still grows after it has gone (its files are mapped through what is left of it)."""
+    origin = make_loop(96, "mmorigin")
+    cat = build_scratch("ext4", size_mb=16, catalog_mb=160)
+    try:
+        sh(f"dd if=/dev/urandom of={origin.device} bs=1M count=96 oflag=direct status=none")
+        want = hashlib.sha256(Path(origin.device).read_bytes()).hexdigest()
+        cblb_module.create("mmsnap", origin.device)
+        base = anon_mib()
+        # 16 MiB files, 6 at most: start prepares two, the rest come while data is copied.
+        subprocess.run([sys.executable, "-c", STARTER, f"start mmsnap {cat.catalog_dir} 32768 6"],
+                       check=True, timeout=120)
+        assert cblb_module.snapshot("mmsnap").state is SnapshotState.ACTIVE
+        first_files = cblb_module.snapshot("mmsnap").files_used
+        assert first_files < 4, "the test needs files made after the writer has gone"
+        left = anon_mib() - base
+        for _ in range(60):
+            if left < 64:
+                break
+            time.sleep(0.5)
+            left = anon_mib() - base
+        assert left < 64, f"{left:.0f} MiB of the exited writer's memory is still held"
+        sh(f"dd if=/dev/urandom of={origin.device} bs=1M count=64 oflag=direct status=none")
+        snap = cblb_module.snapshot("mmsnap")
+        assert snap.state is SnapshotState.ACTIVE, snap.error
+        assert snap.files_used >= 4, f"the store did not grow: {snap.files_used} files"
+        got = hashlib.sha256(Path(snap.device).read_bytes()).hexdigest()
+        assert got == want, "the snapshot differs from the origin at start"
+    finally:
+        cleanup_snapshots(cblb_module)
+        teardown_scratch(cat)
+        origin.detach()
