@@ -74,6 +74,10 @@
 #define CBLB_AHEAD_CHUNKS_SHARED	16384
 /* How often the store looks whether the writer of "start" has gone (store.c). */
 #define CBLB_MM_WATCH		(5 * HZ)
+/* start waits this long for writes sent before the instant to leave a bio-based origin. */
+#define CBLB_DRAIN_WAIT_MS	10000
+/* The COW worker, short of memory for index nodes, tries again after this long. */
+#define CBLB_INDEX_RETRY_MS	10
 /* remove waits this long for a passing probe (udev, blkid) to close the snapshot disk. */
 #define CBLB_REMOVE_WAIT_MS	2000
 /* Slots are stored +1 in 31 bits of the index: the store holds at most 2^31 - 2 chunks. */
@@ -334,6 +338,7 @@ void cblb_cbt_exit(void);
 u64 cblb_index_get(struct cblb_snapshot *s, u64 chunk);
 u64 cblb_index_first_missing(struct cblb_snapshot *s, u64 first, u64 last);
 void cblb_index_present(struct cblb_snapshot *s, u64 first, unsigned int n, unsigned long *map);
+int cblb_index_reserve(struct cblb_snapshot *s, const u64 *chunks, unsigned int n);
 int cblb_index_set(struct cblb_snapshot *s, u64 chunk, u64 slot);
 
 /* cow.c */

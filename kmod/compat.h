@@ -37,6 +37,7 @@
 #include <linux/version.h>
 #include <linux/blkdev.h>
 #include <linux/blk-mq.h>
+#include <linux/part_stat.h>
 #include <linux/bio.h>
 #include <linux/highmem.h>
 #include <linux/fs.h>
@@ -622,20 +623,55 @@ typedef struct bin_attribute cblb_bin_attr_entry;
 #endif
 
 /*
- * Wait for the requests in flight on bdev's queue to end (freeze, then unfreeze at once).
- * blk_mq_freeze_queue() returns memflags for blk_mq_unfreeze_queue() since 6.15.
+ * Freeze a queue: wait for what holds its usage counter, new bios wait in bio_queue_enter()
+ * until the unfreeze. blk_mq_freeze_queue() returns memflags for the unfreeze since 6.15.
  */
-static inline void cblb_drain_queue(struct block_device *bdev)
+static inline unsigned int cblb_freeze_queue(struct request_queue *q)
 {
-	struct request_queue *q = bdev_get_queue(bdev);
 #if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 15, 0)
-	unsigned int memflags = blk_mq_freeze_queue(q);
-
-	blk_mq_unfreeze_queue(q, memflags);
+	return blk_mq_freeze_queue(q);
 #else
 	blk_mq_freeze_queue(q);
+	return 0;
+#endif
+}
+
+static inline void cblb_unfreeze_queue(struct request_queue *q, unsigned int memflags)
+{
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 15, 0)
+	blk_mq_unfreeze_queue(q, memflags);
+#else
 	blk_mq_unfreeze_queue(q);
 #endif
+}
+
+/*
+ * dm's internal suspend (dm-mod exports it for dm-thin and dm-cache; declared in
+ * drivers/md/dm.h, not in a public header, the same from 5.10 to 7.2).
+ */
+struct mapped_device;
+void dm_internal_suspend_fast(struct mapped_device *md);
+void dm_internal_resume_fast(struct mapped_device *md);
+
+/*
+ * Writes a bio-based disk (dm, md, ...) counts as in flight: bio_start_io_acct() to
+ * bio_end_io_acct(), per CPU in the whole disk's statistics (part0: a struct hd_struct in
+ * 5.10, a block_device from 5.11). Zero when the driver or the queue's iostats does not
+ * account.
+ */
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(5, 11, 0)
+#define CBLB_PART0(disk)	((disk)->part0)
+#else
+#define CBLB_PART0(disk)	(&(disk)->part0)
+#endif
+static inline long cblb_disk_writes_in_flight(struct gendisk *disk)
+{
+	long n = 0;
+	int cpu;
+
+	for_each_possible_cpu(cpu)
+		n += part_stat_local_read_cpu(CBLB_PART0(disk), in_flight[WRITE], cpu);
+	return n;
 }
 
 #endif /* CBLB_COMPAT_H */

@@ -39,6 +39,7 @@
 #include <linux/bitmap.h>
 #include <linux/blkdev.h>
 #include <linux/bsearch.h>
+#include <linux/delay.h>
 #include <linux/mm.h>
 #include <linux/slab.h>
 #include <linux/sort.h>
@@ -492,6 +493,13 @@ static bool cow_stage_flight(struct cblb_snapshot *s, struct cblb_flight *f)
 	unsigned int n = f->n;
 
 	sort(f->chunks, n, sizeof(u64), cmp_u64, NULL);
+	/* Room in the index now, so that landing never needs memory. Short of even a few
+	 * nodes, the writes wait while reclaim goes on: they never fail for it. */
+	while (cblb_index_reserve(s, f->chunks, n)) {
+		if (!cow_live(s))
+			goto fail;
+		msleep(CBLB_INDEX_RETRY_MS);
+	}
 	if (cblb_store_alloc(&s->store, n, &f->first_slot))
 		goto fail;		/* the store failed the snapshot */
 	if (cow_read_flight(s, f)) {

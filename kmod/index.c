@@ -7,11 +7,18 @@
  * written; a dense region costs 576 bytes of xarray node per 128 chunks, 4.5 bytes per
  * copied 4 KiB chunk. An entry, once set, never changes until the snapshot goes.
  *
- * Lock story: readers use xa_load() under RCU (the xarray's own). There is one writer,
- * the COW pipeline's ordered completion workqueue (cow.c), so the read-modify-write of a
- * pair needs no lock of its own.
+ * Room is made before a chunk is copied: the COW worker reserves its pair's entry
+ * (cblb_index_reserve(), xa_reserve(): the node is allocated then, where the worker can
+ * wait for memory), so recording the copy when it lands (cblb_index_set()) stores into an
+ * existing node and never needs memory. A reserved entry reads as absent.
+ *
+ * Lock story: readers use xa_load() under RCU (the xarray's own). There is one writer of
+ * values, the COW pipeline's ordered completion workqueue (cow.c), so the read-modify-write
+ * of a pair needs no lock of its own; the worker's reservations only turn an empty entry
+ * into a reserved one (a compare-and-exchange under the xarray's lock), which that
+ * read-modify-write sees as absent either way.
  * Context: cblb_index_get(), cblb_index_first_missing() and cblb_index_present() any
- * context; cblb_index_set() process context (GFP_NOIO).
+ * context; cblb_index_reserve() and cblb_index_set() process context (GFP_NOIO).
  */
 #include <linux/xarray.h>
 #include "cblb.h"
@@ -97,7 +104,32 @@ void cblb_index_present(struct cblb_snapshot *s, u64 first, unsigned int n, unsi
 	rcu_read_unlock();
 }
 
-/* Record chunk in slot. The single writer only (see the top). */
+/*
+ * Make room for the sorted chunks[0..n) before they are copied: GFP_NOIO, then the atomic
+ * reserves. -ENOMEM when neither had a node; the caller waits and asks again.
+ */
+int cblb_index_reserve(struct cblb_snapshot *s, const u64 *chunks, unsigned int n)
+{
+	u64 prev = U64_MAX;
+	unsigned int i;
+
+	for (i = 0; i < n; i++) {
+		u64 key = chunks[i] >> 1;
+		int err;
+
+		if (key == prev)
+			continue;
+		prev = key;
+		err = xa_reserve(&s->index, key, GFP_NOIO | __GFP_NOWARN);
+		if (err == -ENOMEM)
+			err = xa_reserve(&s->index, key, GFP_NOWAIT | __GFP_HIGH | __GFP_NOWARN);
+		if (err)
+			return err;
+	}
+	return 0;
+}
+
+/* Record chunk in slot. The single writer only (see the top); its room is reserved. */
 int cblb_index_set(struct cblb_snapshot *s, u64 chunk, u64 slot)
 {
 	void *e = xa_load(&s->index, chunk >> 1);

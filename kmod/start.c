@@ -23,6 +23,8 @@
  */
 #define pr_fmt(fmt) "cblb: " fmt
 
+#include <linux/delay.h>
+#include <linux/device-mapper.h>
 #include <linux/ktime.h>
 #include <linux/slab.h>
 #include <linux/timekeeping.h>
@@ -32,6 +34,82 @@ atomic64_t cblb_gate_open = ATOMIC64_INIT(0);
 static u64 gate_seq;			/* Protected by cblb_registry_lock */
 static DEFINE_SPINLOCK(set_refused_lock);
 static char set_refused[2 * (CBLB_NAME_MAX + 1) + 1];	/* Protected by set_refused_lock */
+
+/*
+ * dm keeps its own count of the I/O it holds (a dm-delay, dm-crypt's queue, a thin pool's
+ * deferred list, clones below it); an internal suspend (the one dm-thin and dm-cache use
+ * on their pools) waits for it to reach zero, and the resume lets through what arrived
+ * meanwhile. The symbols are looked up, not linked: the module does not need dm loaded.
+ * False when the disk is not a dm device (or dm is not loaded).
+ */
+static bool drain_dm(struct gendisk *disk)
+{
+	struct mapped_device *(*get)(dev_t dev) = symbol_get(dm_get_md);
+	void (*put)(struct mapped_device *md);
+	void (*suspend)(struct mapped_device *md);
+	void (*resume)(struct mapped_device *md);
+	struct mapped_device *md = NULL;
+
+	if (!get)
+		return false;
+	put = symbol_get(dm_put);
+	if (!put)
+		goto out_get;
+	suspend = symbol_get(dm_internal_suspend_fast);
+	if (!suspend)
+		goto out_put;
+	resume = symbol_get(dm_internal_resume_fast);
+	if (!resume)
+		goto out_suspend;
+	md = get(disk_devt(disk));
+	if (md) {
+		suspend(md);
+		resume(md);
+		put(md);
+	}
+	symbol_put(dm_internal_resume_fast);
+out_suspend:
+	symbol_put(dm_internal_suspend_fast);
+out_put:
+	symbol_put(dm_put);
+out_get:
+	symbol_put(dm_get_md);
+	return md != NULL;
+}
+
+/*
+ * Writes sent to the origin before the instant (a raw writer is not stopped by a freeze)
+ * land before start returns: what the snapshot shows is settled from then on.
+ * - A request-based (blk-mq) queue holds its usage counter until a request ends:
+ *   freezing it waits for them.
+ * - A bio-based queue holds it only while ->submit_bio runs, and the write may still be
+ *   below (held by dm-delay, queued by dm-crypt, on a slow leg). dm: an internal suspend.
+ *   Any other (md, ...): while the queue stays frozen, so that new bios wait before
+ *   entering it, the disk's in-flight write count must fall to zero, at most
+ *   CBLB_DRAIN_WAIT_MS (-ETIMEDOUT then). A driver that counts nothing is not waited for.
+ * kmod/doc/EDGES.md.
+ */
+static int drain_origin(struct cblb_snapshot *s)
+{
+	struct request_queue *q = bdev_get_queue(s->origin.bdev);
+	unsigned long deadline = jiffies + msecs_to_jiffies(CBLB_DRAIN_WAIT_MS);
+	unsigned int memflags;
+	int err = 0;
+
+	lockdep_assert_held(&cblb_registry_lock);
+	if (!queue_is_mq(q) && drain_dm(s->origin_disk))
+		return 0;
+	memflags = cblb_freeze_queue(q);
+	while (!queue_is_mq(q) && cblb_disk_writes_in_flight(s->origin_disk) > 0) {
+		if (time_after(jiffies, deadline)) {
+			err = -ETIMEDOUT;
+			break;
+		}
+		msleep(1);
+	}
+	cblb_unfreeze_queue(q, memflags);
+	return err;
+}
 
 /* Undo prepare(): the member is "created" again. */
 static void unprepare(struct cblb_snapshot *s)
@@ -242,13 +320,20 @@ int cblb_cmd_start_set(const char *set, struct cblb_start_member *m, int n)
 	for (i = 0; i < n; i++)
 		cblb_cbt_flip(m[i].snap);
 	now = ktime_get_real_ns();
-	/* Writes sent before the instant (raw writers are not stopped by a freeze) land
-	 * before start returns: what the snapshot shows is settled from then on. */
-	for (i = 0; i < n; i++)
-		cblb_drain_queue(m[i].snap->origin.bdev);
-	for (i = n - 1; i >= 0; i--)
-		if (!m[i].freeze_err)
-			cblb_thaw(m[i].snap->origin.bdev);
+	for (i = 0, err = 0; i < n && !err; i++)
+		err = drain_origin(m[i].snap);
+	for (j = n - 1; j >= 0; j--)
+		if (!m[j].freeze_err)
+			cblb_thaw(m[j].snap->origin.bdev);
+	if (err) {
+		bad = i - 1;
+		pr_notice_ratelimited("start %s: writes sent to %s before the instant were still in flight below it after %u s; nothing was started, start again\n",
+				      m[bad].name, m[bad].snap->origin_path,
+				      CBLB_DRAIN_WAIT_MS / 1000);
+		refuse(set, m[bad].name);
+		i = 0;		/* every member goes back to "created" */
+		goto fail_instant;
+	}
 	frozen_us = ktime_to_us(ktime_sub(ktime_get(), t_freeze));
 	/* No handler marks the frozen maps any more once a grace period has passed. */
 	synchronize_rcu();
@@ -278,6 +363,7 @@ fail_disk:
 	 * (no copy, reads fail; remove cleans them up). Member i and those after it go back
 	 * to "created". */
 	refuse(set, m[i].name);
+fail_instant:
 	for (j = 0; j < n; j++)
 		cblb_cbt_unflip(m[j].snap);	/* no change is lost, the sequence goes back */
 	for (j = 0; j < i; j++) {

@@ -241,3 +241,43 @@ def test_writer_of_start_gets_its_memory_back(cblb_module: Controller) -> None:
         cleanup_snapshots(cblb_module)
         teardown_scratch(cat)
         origin.detach()
+
+
+@pytest.mark.compact
+def test_write_in_flight_below_a_bio_based_origin_at_start(cblb_module: Controller) -> None:
+    """A write sent to a dm origin before start, still held below dm (dm-delay) when the
+    instant passes, lands before start returns: the snapshot never changes afterwards."""
+    lp = make_loop(16, "dlyorigin")
+    cat = Path(f"/tmp/cblb-dlycat-{uuid.uuid4().hex[:6]}")
+    cat.mkdir()
+    sh(f"mount -t tmpfs -o size=64M tmpfs {cat}")
+    name = f"cblbdly{uuid.uuid4().hex[:4]}"
+    writer = None
+    try:
+        sh(f"dd if=/dev/urandom of={lp.device} bs=1M count=16 oflag=direct status=none")
+        sectors = int(sh(f"blockdev --getsz {lp.device}"))
+        sh("modprobe dm-delay")
+        sh(f"dmsetup create {name} --table '0 {sectors} delay {lp.device} 0 0 {lp.device} 0 4000'")
+        dev = f"/dev/mapper/{name}"
+        cblb_module.create("dlysnap", dev)
+        # One write, held 4 s by dm-delay, sent before the instant.
+        writer = subprocess.Popen(["dd", "if=/dev/urandom", f"of={dev}", "bs=4k", "count=1",
+                                   "seek=100", "oflag=direct", "status=none"])
+        time.sleep(1)
+        assert writer.poll() is None, "the write was not held below dm"
+        cblb_module.start("dlysnap", str(cat), 8192, 4)
+        snap = cblb_module.snapshot("dlysnap")
+        first = hashlib.sha256(Path(snap.device).read_bytes()).hexdigest()
+        assert writer.wait(timeout=30) == 0
+        time.sleep(1)
+        later = hashlib.sha256(Path(snap.device).read_bytes()).hexdigest()
+        assert later == first, "the snapshot changed after start: a write in flight below " \
+                               "the origin landed without a copy"
+        assert cblb_module.snapshot("dlysnap").state is SnapshotState.ACTIVE
+    finally:
+        if writer is not None and writer.poll() is None:
+            writer.wait(timeout=30)
+        cleanup_snapshots(cblb_module)
+        sh(f"dmsetup remove {name}", check=False)
+        sh(f"umount {cat}", check=False)
+        lp.detach()
