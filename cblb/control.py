@@ -272,6 +272,13 @@ class SetMember(NamedTuple):
     max_files: int
 
 
+def check_total(total: int) -> int:
+    """total=N of the module: 1..MAX_TOTAL, or a refusal saying so."""
+    if not 1 <= total <= MAX_TOTAL:
+        raise CblbError(f"total={total} is out of range: choose 1..{MAX_TOTAL}", E.EINVAL)
+    return total
+
+
 def validate_name(name: str, what: str = "snapshot") -> None:
     """A snapshot name becomes /dev/<name>: letters, digits, '.', '_' and '-', 1..31 chars.
     Set names follow the same rule."""
@@ -470,8 +477,7 @@ class Controller:
 
     def load(self, total: int = 4, ko: Path | None = None) -> bool:
         """insmod cblb_module.ko total=N. False when it was already loaded with that total."""
-        if not 1 <= total <= MAX_TOTAL:
-            raise CblbError(f"total={total} is out of range: choose 1..{MAX_TOTAL}", E.EINVAL)
+        check_total(total)
         if self.loaded():
             cur = self.total()
             if cur == total:
