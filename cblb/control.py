@@ -120,6 +120,14 @@ class Snapshot:
     cbt_block_size: int = 0     # bytes per bit of cbt_map
     cbt_changed_blocks: int = 0  # bits set in cbt_map
     mountpoint: str = ""
+    unreadable: bool = False    # its sysfs files could not be parsed (``error`` says why)
+
+    @classmethod
+    def unreadable_one(cls, name: str, why: str) -> Snapshot:
+        """What a listing shows for a device whose sysfs files make no sense: the name, state
+        unknown (so no guard allows anything), and why, instead of failing the whole list."""
+        return cls(name=name, state=SnapshotState.UNKNOWN, origin="", error=why,
+                   unreadable=True)
 
     @property
     def device(self) -> str:
@@ -450,7 +458,12 @@ class Controller:
 
     def total(self) -> int:
         p = self.system.module_sysfs / "parameters" / "total"
-        return int(p.read_text()) if p.exists() else 0
+        if not p.exists():
+            return 0
+        text = p.read_text().strip()
+        if not text.isdigit():
+            raise CblbError(f"cannot read {p}: {text[:40]!r} is not a number", E.EIO)
+        return int(text)
 
     def version(self) -> str:
         p = self.system.module_sysfs / "version"
@@ -525,6 +538,8 @@ class Controller:
                 out.append(self._read(self.root / n))
             except FileNotFoundError:
                 continue  # removed while we read
+            except CblbError as e:
+                out.append(Snapshot.unreadable_one(n, str(e)))
         return out
 
     def status(self) -> ModuleStatus:
@@ -534,11 +549,15 @@ class Controller:
                             self.tracking())
 
     def _read(self, d: Path) -> Snapshot:
+        """One snapshot from its sysfs folder; a file that does not parse is a CblbError
+        naming it (snapshots() lists that device as unreadable, the others as usual)."""
         def rd(f: str) -> str:
             try:
                 return (d / f).read_text().strip()
             except FileNotFoundError:
                 return ""
+            except UnicodeDecodeError:
+                raise CblbError(f"{d.name}: cannot read {d / f}: not text", E.EIO) from None
 
         kw: dict[str, Any] = {f: rd(f) for f in _STR_FIELDS}
         kw["set_name"] = rd("set")
@@ -549,8 +568,12 @@ class Controller:
             kw[f] = int(v) if v.lstrip("-").isdigit() else 0
         ext = []
         for line in rd("store_extents").splitlines():
-            a, b = line.split()
-            ext.append((int(a), int(b)))
+            try:
+                a, b = line.split()
+                ext.append((int(a), int(b)))
+            except ValueError:
+                raise CblbError(f"{d.name}: cannot read {d / 'store_extents'}: line "
+                                f"{line[:40]!r} is not two numbers", E.EIO) from None
         snap = Snapshot(name=d.name, state=SnapshotState.parse(rd("state")), store_extents=ext, **kw)
         if snap.state in (SnapshotState.ACTIVE, SnapshotState.FAILED):
             try:

@@ -374,7 +374,7 @@ def test_start_cost_preview(web_client, web_catalog):
                        headers=HX)
     body = text(r)
     assert "512.0 MiB" in body and "8 files × 64.0 MiB" in body and "free" in body
-    assert "must be whole numbers" in text(web_client.get("/lifecycle/cost?file_mib=x"))
+    assert "must be a whole number" in text(web_client.get("/lifecycle/cost?file_mib=x"))
     assert "is not an existing folder" in text(
         web_client.get(f"/lifecycle/cost?catalog={web_catalog}/no&file_mib=1&max_files=1"))
 
@@ -927,25 +927,48 @@ def test_parse_bind_refuses(bad):
         web_cmd.parse_bind(bad)
 
 
+def record_served(monkeypatch) -> list:
+    """cblb web binds for real but does not serve: the apps it would have served."""
+    served = []
+    real = web_cmd.make_server
+
+    def make(app, socks, threads, *a, **kw):
+        served.append(app)
+        return real(app, socks, threads, *a, **kw)
+
+    monkeypatch.setattr(web_cmd, "make_server", make)
+    monkeypatch.setattr(web_cmd, "serve_forever", lambda server: None)
+    return served
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_cblb_web_prints_token_once_on_every_bind(tmp_path, monkeypatch, capsys):
     from cblb import cli
 
-    served = []
-    monkeypatch.setattr(web_cmd, "_serve", lambda app, host, port, threads:
-                        served.append((app, host, port)))
+    served = record_served(monkeypatch)
     tf = tmp_path / "token"
-    assert cli.main(["web", "--token-file", str(tf), "--standin"]) == 0
+    port = free_port()
+    assert cli.main(["web", "--token-file", str(tf), "--standin", "--bind", f":{port}"]) == 0
     out = capsys.readouterr().out
     tok = tf.read_text().strip()
-    assert "http://127.0.0.1:8470/" in out and tok in out and "log in with this access token" in out
-    app = served[0][0]
+    assert f"http://127.0.0.1:{port}/" in out and tok in out
+    assert "log in with this access token" in out
+    app = served[0]
     assert app.extensions["cblb_token"].current() == tok and app.config["CBLB_CHECK_HOST"]
     assert app.test_client().get("/api/status").status_code == 401    # loopback: token too
-    assert cli.main(["web", "--bind", "0.0.0.0:8471", "--token-file", str(tf),
+    port = free_port()
+    assert cli.main(["web", "--bind", f"0.0.0.0:{port}", "--token-file", str(tf),
                      "--standin"]) == 0
     out = capsys.readouterr().out
-    assert "http://127.0.0.1:8471/" in out and tok not in out and f"sudo cat {tf}" in out
-    assert not served[-1][0].config["CBLB_CHECK_HOST"]
+    assert f"://127.0.0.1:{port}/" in out and tok not in out and f"sudo cat {tf}" in out
+    assert not served[-1].config["CBLB_CHECK_HOST"]
 
 
 def test_cblb_web_rotate_token(tmp_path, capsys):
@@ -963,9 +986,9 @@ def test_cblb_web_rotate_token(tmp_path, capsys):
 def test_cblb_web_standin_drives_the_real_controller(tmp_path, monkeypatch):
     from cblb import cli
 
-    served = []
-    monkeypatch.setattr(web_cmd, "_serve", lambda app, host, port, threads: served.append(app))
-    assert cli.main(["web", "--token-file", str(tmp_path / "t"), "--standin"]) == 0
+    served = record_served(monkeypatch)
+    assert cli.main(["web", "--token-file", str(tmp_path / "t"), "--standin",
+                     "--bind", f":{free_port()}"]) == 0
     app = served[0]
     ctl = app.config["CBLB_CONTROLLER"]
     assert type(ctl) is Controller and isinstance(ctl.system, FakeSystem)
