@@ -42,12 +42,14 @@ htmx = HTMX()
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app = Flask(__name__)
     app.config.from_mapping(
-        SECRET_KEY=secrets.token_bytes(32),      # sessions (CSRF) last as long as the server
-        SESSION_COOKIE_SAMESITE="Strict",
-        SESSION_COOKIE_HTTPONLY=True,
-        SESSION_COOKIE_NAME="cblb_session",
-        PERMANENT_SESSION_LIFETIME=12 * 3600,
+        SECRET_KEY=secrets.token_bytes(32),      # binds login flags to this server's life
         MAX_CONTENT_LENGTH=64 * 1024,
+        CBLB_IDLE_TIMEOUT=15 * 60,     # seconds without a request before a session ends
+        CBLB_SESSION_LIFETIME=8 * 3600,  # seconds after login a session ends regardless
+        CBLB_LOGIN_BURST=5,            # wrong tokens accepted at once ...
+        CBLB_LOGIN_INTERVAL=1.0,       # ... then one per this many seconds (else 429)
+        CBLB_METRICS_TOKEN="",         # a read-only token for /metrics only, or
+        CBLB_METRICS_TOKEN_FILE=None,  # the file holding it
         CBLB_CONTROLLER=None,          # default: cblb.control.Controller()
         CBLB_SAMPLER=None,             # callable -> [sample, ...]; default: /proc/diskstats
         CBLB_TOKEN="",                 # the access token, or
@@ -70,10 +72,19 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         app.config.update(test_config)
     if app.testing and "CBLB_SSE_MAX_ROUNDS" not in (test_config or {}):
         app.config["CBLB_SSE_MAX_ROUNDS"] = 1   # the test client reads a stream to its end
-    from .auth import TokenSource
+    from .auth import LoginThrottle, TokenSource
+    from .sessions import ServerSessionInterface, SessionStore
 
-    app.extensions["cblb_token"] = TokenSource(app.config["CBLB_TOKEN"] or "",
-                                               app.config["CBLB_TOKEN_FILE"])
+    cfg = app.config
+    app.extensions["cblb_token"] = TokenSource(cfg["CBLB_TOKEN"] or "", cfg["CBLB_TOKEN_FILE"])
+    if cfg["CBLB_METRICS_TOKEN"] or cfg["CBLB_METRICS_TOKEN_FILE"]:
+        app.extensions["cblb_metrics_token"] = TokenSource(cfg["CBLB_METRICS_TOKEN"] or "",
+                                                           cfg["CBLB_METRICS_TOKEN_FILE"])
+    app.extensions["cblb_sessions"] = SessionStore(float(cfg["CBLB_IDLE_TIMEOUT"]),
+                                                   float(cfg["CBLB_SESSION_LIFETIME"]))
+    app.session_interface = ServerSessionInterface()
+    app.extensions["cblb_login_throttle"] = LoginThrottle(int(cfg["CBLB_LOGIN_BURST"]),
+                                                          float(cfg["CBLB_LOGIN_INTERVAL"]))
 
     if app.config["CBLB_CONTROLLER"] is None:
         from cblb.control import Controller

@@ -72,6 +72,17 @@ def threads_arg(text: str) -> int:
     return n
 
 
+def minutes_arg(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid minutes {text!r}") from None
+    if not 0 < v <= 24 * 60:
+        raise argparse.ArgumentTypeError(f"--idle-timeout {text} is out of range: more than 0, "
+                                         "at most 1440 minutes")
+    return v
+
+
 def _url(host: str, port: int) -> str:
     """The address to open in a browser on this machine for a server bound to ``host``."""
     shown = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
@@ -148,6 +159,31 @@ def make_server(app: Any, socks: list[socket.socket], threads: int,
                          clear_untrusted_proxy_headers=True)
 
 
+SYSLOG = "/dev/log"
+
+
+def log_to_syslog(address: str = SYSLOG) -> None:
+    """Send the page's audit lines (logger cblb.web: logins, failed logins, logouts,
+    actions, with session tag and peer) to syslog / the journal, as facility auth."""
+    import logging
+    import logging.handlers
+
+    logger = logging.getLogger("cblb.web")
+    logger.setLevel(logging.INFO)
+    if any(getattr(h, "address", None) == address for h in logger.handlers):
+        return          # (a second `cblb web` in one process: tests)
+    try:
+        h = logging.handlers.SysLogHandler(address=address,
+                                           facility=logging.handlers.SysLogHandler.LOG_AUTH)
+    except OSError as e:
+        print(f"cblb web: no syslog at {address} ({e.strerror}): logging to stderr",
+              file=sys.stderr)
+        logger.addHandler(logging.StreamHandler())
+        return
+    h.setFormatter(logging.Formatter("cblb-web: %(message)s"))
+    logger.addHandler(h)
+
+
 def serve_forever(server: Any) -> None:
     server.run()
 
@@ -203,7 +239,20 @@ def _web(args: argparse.Namespace, ctl: Any) -> int:
     except (OSError, ValueError) as e:
         raise CblbError(f"cannot use the token file {path}: {e}", E.EACCES) from None
     config: dict[str, Any] = {"CBLB_CONTROLLER": ctl, "CBLB_TOKEN_FILE": path,
-                              "CBLB_CHECK_HOST": is_loopback(host)}
+                              "CBLB_CHECK_HOST": is_loopback(host),
+                              "CBLB_IDLE_TIMEOUT": args.idle_timeout * 60}
+    metrics_created = ""
+    if args.metrics_token_file:
+        mpath = Path(args.metrics_token_file)
+        try:
+            mtoken, made = ensure_token(mpath)
+        except (OSError, ValueError) as e:
+            raise CblbError(f"cannot use the metrics token file {mpath}: {e}", E.EACCES) from None
+        if mtoken == token:
+            raise CblbError(f"{mpath} holds the access token itself: give /metrics a file "
+                            "of its own", E.EINVAL)
+        config["CBLB_METRICS_TOKEN_FILE"] = mpath
+        metrics_created = mtoken if made else ""
     if args.standin:
         _demo_config(config)
     if args.catalog_root:
@@ -227,10 +276,14 @@ def _web(args: argparse.Namespace, ctl: Any) -> int:
     else:
         print(f"log in with the access token stored in {path} (root only: sudo cat {path}); "
               "'cblb web --rotate-token' replaces it")
+    if metrics_created:
+        print(f"/metrics also takes this read-only token (stored in "
+              f"{args.metrics_token_file}, mode 0600):\n  {metrics_created}")
     if is_loopback(host):
         print("bound to loopback: reach it from elsewhere through an SSH tunnel "
               f"(ssh -L {port}:127.0.0.1:{port} HOST), or --bind 0.0.0.0:PORT")
     sys.stdout.flush()
+    log_to_syslog(SYSLOG)
     try:
         serve_forever(server)
     finally:
@@ -258,6 +311,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="a folder the page may keep temp files in (repeat; default "
                         "/var/lib/cblb and /var/tmp)")
     p.add_argument("--catalog", metavar="DIR", help="default catalog shown in the start form")
+    p.add_argument("--metrics-token-file", metavar="PATH",
+                   help="a read-only token for /metrics alone (made on first use, mode 0600), "
+                        "so Prometheus never holds the access token")
+    p.add_argument("--idle-timeout", type=minutes_arg, default=15, metavar="MINUTES",
+                   help="a session ends after this long without a request (default 15)")
     p.add_argument("--threads", type=threads_arg, default=16,
                    help="server threads (each open page holds one; default 16)")
     p.add_argument("--standin", action="store_true",

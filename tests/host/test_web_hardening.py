@@ -7,7 +7,9 @@ Like tests/host/test_web.py: the real Controller over cblb.fake.FakeSystem, the 
 
 from __future__ import annotations
 
+import os
 import socket
+import stat
 import time
 
 import pytest
@@ -184,3 +186,286 @@ def test_slow_clients_cannot_lock_the_admin_out(app):
         for s in idle:
             s.close()
         server.close()
+
+
+# ---- sessions ----------------------------------------------------------------------------------
+def session_cookie(client, name="cblb_session_80"):
+    c = client.get_cookie(name)
+    assert c is not None, "logged in: the session cookie is set"
+    return c.value
+
+
+def replay(app, value, name="cblb_session_80"):
+    """Another client (a cookie thief) presenting a saved cookie."""
+    thief = app.test_client()
+    thief.set_cookie(name, value)
+    return thief
+
+
+def test_a_cookie_saved_before_logout_opens_nothing_after(app, client, ctl):
+    from test_web import post
+
+    saved = session_cookie(client)
+    thief = replay(app, saved)
+    assert thief.get("/").status_code == 200          # the same session, before logout
+    assert post(client, "/logout", {}).status_code == 303
+    assert thief.get("/").status_code == 401
+    r = thief.post("/snapshots", data={"name": "s", "origin": "/dev/vdb1",
+                                       "csrf_token": "x"})
+    assert r.status_code == 401 and ctl.names() == []
+    assert client.get("/").status_code == 401
+
+
+def test_login_takes_a_new_session_id(app):
+    c = app.test_client()
+    c.get("/login", headers={"Accept": "text/html"})
+    before = session_cookie(c)
+    from test_web import login
+
+    assert login(c).status_code == 303
+    after = session_cookie(c)
+    assert after != before
+    assert replay(app, before).get("/").status_code == 401
+
+
+def test_the_cookie_holds_only_an_id(client):
+    import base64
+
+    value = session_cookie(client)
+    assert TOKEN not in value and "csrf" not in value and "." not in value
+    raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+    assert len(raw) == 32 and b"auth" not in raw
+
+
+def test_rotation_ends_sessions_and_a_replayed_cookie(tmp_path, ctl):
+    from web.auth import ensure_token, rotate_token
+
+    tf = tmp_path / "web-token"
+    old, _ = ensure_token(tf)
+    app = make_app(ctl, CBLB_TOKEN="", CBLB_TOKEN_FILE=tf)
+    from test_web import login
+
+    c = app.test_client()
+    assert login(c, token=old).status_code == 303
+    saved = session_cookie(c)
+    rotate_token(tf)
+    assert c.get("/").status_code == 401
+    assert replay(app, saved).get("/").status_code == 401
+
+
+def test_idle_timeout_ends_a_session(ctl):
+    app = make_app(ctl, CBLB_IDLE_TIMEOUT=1.5)
+    c = logged_in(app)
+    for _ in range(3):                     # activity keeps it alive past the timeout
+        time.sleep(0.6)
+        assert c.get("/api/status").status_code == 200
+    time.sleep(1.7)
+    assert c.get("/api/status").status_code == 401
+
+
+def test_idle_timeout_flag(tmp_path, monkeypatch):
+    served = record_served(monkeypatch)
+    assert cli.main(["web", "--idle-timeout", "2", "--token-file", str(tmp_path / "t"),
+                     "--standin", "--bind", f":{free_port()}"]) == 0
+    assert served[0].config["CBLB_IDLE_TIMEOUT"] == 120
+    with pytest.raises(SystemExit) as e:
+        cli.main(["web", "--idle-timeout", "0"])
+    assert e.value.code == 2
+
+
+def test_events_stream_closes_when_its_session_ends(tmp_path, ctl):
+    from web.auth import ensure_token, rotate_token
+
+    tf = tmp_path / "web-token"
+    old, _ = ensure_token(tf)
+    app = make_app(ctl, CBLB_TOKEN="", CBLB_TOKEN_FILE=tf, CBLB_SSE_MAX_ROUNDS=0,
+                   CBLB_SSE_INTERVAL=0.0)
+    from test_web import login
+
+    c = app.test_client()
+    assert login(c, token=old).status_code == 303
+    r = c.get("/events", buffered=False)
+    it = iter(r.response)
+    first = [next(it) for _ in range(3)]
+    assert any(b"event: devices" in (x if isinstance(x, bytes) else x.encode()) for x in first)
+    rotate_token(tf)
+    rest = []
+    for chunk in it:
+        rest.append(chunk if isinstance(chunk, bytes) else chunk.encode())
+        assert len(rest) < 50, "the stream kept going after the token rotated"
+    assert b"event: session-ended" in b"".join(rest)
+    r.close()
+
+
+def test_events_stream_closes_after_logout(app):
+    from test_web import post
+
+    app.config["CBLB_SSE_MAX_ROUNDS"] = 0
+    c = logged_in(app)
+    r = c.get("/events", buffered=False)
+    it = iter(r.response)
+    next(it)
+    next(it)
+    assert post(c, "/logout", {}).status_code == 303
+    rest = []
+    for chunk in it:
+        rest.append(chunk if isinstance(chunk, bytes) else chunk.encode())
+        assert len(rest) < 50, "the stream kept going after logout"
+    assert b"event: session-ended" in b"".join(rest)
+
+
+def test_cookie_flags_port_and_secure_under_tls(app):
+    c = app.test_client()
+    page = c.get("/login", headers={"Accept": "text/html"}, base_url="https://127.0.0.1:8470")
+    cookie = page.headers["Set-Cookie"]
+    assert cookie.startswith("cblb_session_8470=")
+    for flag in ("HttpOnly", "SameSite=Strict", "Secure", "Path=/"):
+        assert flag in cookie
+    plain = app.test_client().get("/login", headers={"Accept": "text/html"},
+                                  base_url="http://127.0.0.1:8471")
+    cookie = plain.headers["Set-Cookie"]
+    assert cookie.startswith("cblb_session_8471=") and "Secure" not in cookie
+    assert "Expires" not in cookie and "Max-Age" not in cookie   # gone with the browser
+
+
+# ---- tokens ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o620])
+def test_token_file_readable_by_others_is_refused_not_tightened(tmp_path, mode, capsys):
+    from web.auth import ensure_token
+
+    tf = tmp_path / "web-token"
+    ensure_token(tf)
+    os.chmod(tf, mode)
+    with pytest.raises(ValueError, match="others may have read it"):
+        ensure_token(tf)
+    assert stat.S_IMODE(os.stat(tf).st_mode) == mode          # not quietly fixed
+    assert cli.main(["web", "--token-file", str(tf), "--standin"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "refused" in err
+
+
+def test_token_file_not_owned_by_root_is_refused(tmp_path):
+    from web.auth import ensure_token
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give the file away")
+    tf = tmp_path / "web-token"
+    ensure_token(tf)
+    os.chown(tf, 65534, 65534)
+    with pytest.raises(ValueError, match="not root"):
+        ensure_token(tf)
+
+
+def test_a_running_page_stops_trusting_a_token_file_made_readable(tmp_path, ctl):
+    from test_web import login
+
+    from web.auth import ensure_token
+
+    tf = tmp_path / "web-token"
+    tok, _ = ensure_token(tf)
+    app = make_app(ctl, CBLB_TOKEN="", CBLB_TOKEN_FILE=tf)
+    c = app.test_client()
+    assert login(c, token=tok).status_code == 303
+    os.chmod(tf, 0o644)
+    os.utime(tf, ns=(1, 1))               # a change the server notices
+    assert c.get("/").status_code == 401
+    assert login(app.test_client(), token=tok).status_code == 401
+
+
+METRICS = "metrics-only-token-0123456789abcdef"
+
+
+def test_metrics_token_opens_metrics_and_nothing_else(ctl):
+    app = make_app(ctl, CBLB_METRICS_TOKEN=METRICS, CBLB_LOGIN_BURST=100)
+    c = app.test_client()
+    m = {"Authorization": f"Bearer {METRICS}"}
+    assert c.get("/metrics", headers=m).status_code == 200
+    for url in ("/", "/api/status", "/events", "/devices", "/lifecycle/cost"):
+        assert c.get(url, headers=m).status_code == 401, url
+    r = c.post("/module/load", data={"total": "4"}, headers=m)
+    assert r.status_code == 401 and ctl.total() == 4
+    from test_web import login
+
+    assert login(app.test_client(), token=METRICS).status_code == 401
+    assert c.get("/metrics", headers=BEARER).status_code == 200   # the admin token too
+
+
+def test_metrics_token_file_flag(tmp_path, monkeypatch, capsys):
+    served = record_served(monkeypatch)
+    mf = tmp_path / "metrics-token"
+    assert cli.main(["web", "--token-file", str(tmp_path / "t"), "--metrics-token-file",
+                     str(mf), "--standin", "--bind", f":{free_port()}"]) == 0
+    mtok = mf.read_text().strip()
+    assert stat.S_IMODE(os.stat(mf).st_mode) == 0o600 and mtok in capsys.readouterr().out
+    app = served[0]
+    c = app.test_client()
+    assert c.get("/metrics", headers={"Authorization": f"Bearer {mtok}"}).status_code == 200
+    assert c.get("/api/status", headers={"Authorization": f"Bearer {mtok}"}).status_code == 401
+    assert cli.main(["web", "--token-file", str(tmp_path / "t"), "--metrics-token-file",
+                     str(tmp_path / "t"), "--standin", "--bind", f":{free_port()}"]) == 1
+
+
+# ---- accountability and limits ---------------------------------------------------------------
+def test_failed_logins_are_slowed_down(ctl):
+    from test_web import login
+
+    app = make_app(ctl, CBLB_LOGIN_BURST=5, CBLB_LOGIN_INTERVAL=0.5)
+    c = app.test_client()
+    codes = [login(c, token=f"wrong-token-{i:04d}-0123456789").status_code for i in range(40)]
+    assert codes[:5] == [401] * 5 and codes.count(401) <= 6 and 429 in codes
+    r = login(c)                                   # even the right one is not looked at now
+    assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1
+    wrong = {"Authorization": "Bearer wrong-token-0123456789abcdef"}
+    assert c.get("/api/status", headers=wrong).status_code == 429   # bearer guesses too
+    time.sleep(0.6)
+    assert login(c).status_code == 303
+
+
+def test_logins_logouts_and_actions_are_logged(app, caplog):
+    import logging
+
+    from test_web import login, post
+
+    caplog.set_level(logging.INFO, logger="cblb.web")
+    c = app.test_client()
+    login(c, token="wrong-token-0123456789abcdef")
+    login(c)
+    post(c, "/snapshots", {"name": "s", "origin": "/dev/vdb1"})
+    post(c, "/logout", {})
+    lines = [r.getMessage() for r in caplog.records if r.name == "cblb.web"]
+    events = [ln.split()[0] for ln in lines]
+    assert events == ["login-failed", "login", "action", "logout"], lines
+    assert all("peer=127.0.0.1" in ln and "session=" in ln for ln in lines)
+    act = lines[2]
+    assert "path='/snapshots'" in act and "status=303" in act and "session=-" not in act
+    assert lines[1].split()[1] == act.split()[1] == lines[3].split()[1]   # one session
+    assert all(TOKEN not in ln for ln in lines)
+
+
+def test_cblb_web_sends_the_audit_lines_to_syslog(tmp_path, monkeypatch):
+    import logging
+
+    sock_path = str(tmp_path / "log")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as syslog:
+        syslog.bind(sock_path)
+        syslog.settimeout(5)
+        monkeypatch.setattr(web_cmd, "SYSLOG", sock_path)
+        served = record_served(monkeypatch)
+        logger = logging.getLogger("cblb.web")
+        before = list(logger.handlers)
+        try:
+            assert cli.main(["web", "--token-file", str(tmp_path / "t"), "--standin",
+                             "--bind", f":{free_port()}"]) == 0
+            from test_web import login
+
+            app = served[0]
+            tok = (tmp_path / "t").read_text().strip()
+            login(app.test_client(), token=tok)
+            got = syslog.recv(4096).decode()
+        finally:
+            for h in logger.handlers[:]:
+                if h not in before:
+                    logger.removeHandler(h)
+                    h.close()
+    assert got.startswith("<") and "cblb-web: login session=" in got and "peer=" in got
+    assert tok not in got
