@@ -19,7 +19,7 @@ Settings for the page (``create_app({...})``, set by ``cblb web`` from its optio
   again whenever it changes); one of them is required
 - ``CBLB_CHECK_HOST``: answer only to loopback Host names (``cblb web`` sets it when bound
   to loopback); ``CBLB_ALLOWED_HOSTS`` adds names
-- ``CBLB_CATALOG_ROOTS``: the folders temp files may go in (default /var/lib/cblb, /var/tmp)
+- ``CBLB_CATALOG_ROOTS``: the folders temp files may go in (default /var/lib/cblb)
 - ``CBLB_MOUNT_ROOTS``: the folders snapshots may be mounted under
 """
 
@@ -60,8 +60,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         CBLB_HISTORY_POINTS=900,       # samples kept per series (30 min at 2 s)
         CBLB_SSE_INTERVAL=2.0,         # seconds between live updates
         CBLB_SSE_MAX_ROUNDS=0,         # 0: stream until the browser goes away (tests: 1)
-        CBLB_CATALOG_ROOTS=("/var/lib/cblb", "/var/tmp"),
-        CBLB_DEFAULT_CATALOG="/var/tmp",
+        CBLB_CATALOG_ROOTS=("/var/lib/cblb",),   # not /var/tmp: every user writes there
+        CBLB_DEFAULT_CATALOG="/var/lib/cblb",
         CBLB_DEFAULT_FILE_MIB=64,
         CBLB_DEFAULT_MAX_FILES=64,
         CBLB_DEFAULT_TOTAL=4,

@@ -309,7 +309,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="with --rotate-token: machine-readable")
     p.add_argument("--catalog-root", metavar="DIR", action="append",
                    help="a folder the page may keep temp files in (repeat; default "
-                        "/var/lib/cblb and /var/tmp)")
+                        "/var/lib/cblb); it and every folder above it must be root's")
     p.add_argument("--catalog", metavar="DIR", help="default catalog shown in the start form")
     p.add_argument("--metrics-token-file", metavar="PATH",
                    help="a read-only token for /metrics alone (made on first use, mode 0600), "

@@ -469,3 +469,70 @@ def test_cblb_web_sends_the_audit_lines_to_syslog(tmp_path, monkeypatch):
                     h.close()
     assert got.startswith("<") and "cblb-web: login session=" in got and "peer=" in got
     assert tok not in got
+
+
+# ---- catalog and mount folders -----------------------------------------------------------------
+def test_var_tmp_is_no_default_catalog_root(ctl):
+    app = make_app(ctl)
+    assert "/var/tmp" not in app.config["CBLB_CATALOG_ROOTS"]
+    assert not app.config["CBLB_DEFAULT_CATALOG"].startswith("/var/tmp")
+
+
+def _start(client, catalog):
+    from test_web import post
+
+    return post(client, "/snapshots/s/start", {"catalog": str(catalog), "file_mib": "1",
+                                               "max_files": "1"}, htmx=True)
+
+
+@pytest.mark.parametrize("how", ["other-owner", "world-writable", "group-writable",
+                                 "parent-other-owner", "parent-world-writable"])
+def test_a_catalog_another_user_could_plant_is_refused(client, ctl, fake, catalog, how):
+    ctl.create("s", "/dev/vdb1")
+    parent = catalog / "p"
+    parent.mkdir()
+    target = parent / "shadow-vdb1"
+    target.mkdir()
+    victim = {"other-owner": target, "world-writable": target, "group-writable": target,
+              "parent-other-owner": parent, "parent-world-writable": parent}[how]
+    if "owner" in how:
+        os.chown(victim, 65534, 65534)
+    else:
+        os.chmod(victim, 0o777 if "world" in how else 0o770)
+    r = _start(client, target)
+    assert r.status_code == 422
+    assert "no other user can change" in text(r) and str(victim) in text(r)
+    assert not any(c.startswith("start ") for c in fake.commands)
+
+
+def test_a_catalog_through_a_symlink_is_refused(client, ctl, fake, catalog, tmp_path):
+    ctl.create("s", "/dev/vdb1")
+    (tmp_path / "shm").mkdir()
+    os.symlink(tmp_path / "shm", catalog / "swapped")
+    r = _start(client, catalog / "swapped")
+    assert r.status_code == 422 and "is a symbolic link" in text(r)
+    assert not any(c.startswith("start ") for c in fake.commands)
+
+
+def test_a_trusted_catalog_is_used(client, ctl, fake, catalog):
+    ctl.create("s", "/dev/vdb1")
+    (catalog / "ok").mkdir(mode=0o700)
+    r = _start(client, catalog / "ok")
+    assert r.status_code == 200, text(r)
+    assert ctl.snapshot("s").catalog == str(catalog / "ok")
+
+
+def test_a_users_folder_under_a_mount_root_is_refused(client, ctl, fake, catalog, tmp_path):
+    from test_web import post
+
+    make_active(ctl, catalog, "m", "/dev/vdb1")
+    stick = tmp_path / "mnt" / "user" / "STICK"
+    stick.mkdir(parents=True)
+    os.chown(stick, 65534, 65534)                      # /media/USER/STICK, the user's
+    r = post(client, "/snapshots/m/mount", {"dir": str(stick / "snap")}, htmx=True)
+    assert r.status_code == 422 and "not root" in text(r)
+    os.chmod(stick.parent, 0o777)
+    os.chown(stick, 0, 0)
+    r = post(client, "/snapshots/m/mount", {"dir": str(stick.parent / "new")}, htmx=True)
+    assert r.status_code == 422 and "writable by other users" in text(r)
+    assert not any(p[0] == "mount" for p in fake.programs)
