@@ -291,8 +291,9 @@ def validate_name(name: str, what: str = "snapshot") -> None:
     """A snapshot name becomes /dev/<name>: letters, digits, '.', '_' and '-', 1..31 chars.
     Set names follow the same rule."""
     if not NAME_RE.fullmatch(name):
+        shown = repr(name) if len(name) <= 40 else f"{name[:40]!r}... ({len(name)} characters)"
         raise CblbError(
-            f"invalid {what} name {name!r}: use 1-31 letters, digits, '.', '_' or '-', "
+            f"invalid {what} name {shown}: use 1-31 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit (example: shadow-sda2)", E.EINVAL)
 
 

@@ -536,3 +536,49 @@ def test_a_users_folder_under_a_mount_root_is_refused(client, ctl, fake, catalog
     r = post(client, "/snapshots/m/mount", {"dir": str(stick.parent / "new")}, htmx=True)
     assert r.status_code == 422 and "writable by other users" in text(r)
     assert not any(p[0] == "mount" for p in fake.programs)
+
+
+# ---- the page as a person sees it ------------------------------------------------------------
+def test_cost_preview_trigger_is_valid_htmx(client, ctl):
+    ctl.create("s", "/dev/vdb1")
+    body = text(client.get("/"))
+    assert 'hx-trigger="load, input from:(#snap-s form) delay:400ms"' in body
+    assert "from:#snap-" not in body
+
+
+def test_a_long_rejected_name_is_echoed_short(client, ctl):
+    from test_web import post
+
+    r = post(client, "/snapshots", {"name": "x" * 5000 + " y", "origin": "/dev/vdb1"},
+             htmx=True)
+    assert r.status_code == 422 and "(5002 characters)" in text(r)
+    assert "x" * 41 not in text(r).replace('value="' + "x" * 5000, "")
+
+
+def test_no_step_numbers_and_the_failed_wording(client, ctl, fake, catalog):
+    make_active(ctl, catalog, "f", "/dev/vdb1")
+    fake.copy("f", 10**12)                          # the store fills: failed, not mounted
+    body = text(client.get("/"))
+    assert "2. Create" not in body and "3. Start" not in body
+    assert "Unmount and remove it" not in body and "Remove it with the button below" in body
+
+
+def test_full_store_chart_does_not_say_not_growing(app, client, ctl, fake, catalog):
+    make_active(ctl, catalog, "f", "/dev/vdb1")
+    app.extensions["cblb_history"].tick()
+    fake.copy("f", 10**12)
+    app.extensions["cblb_history"].tick()
+    body = text(client.get("/charts/growth", headers=HX))
+    assert "not growing" not in body and "the store is full" in body
+
+
+def test_io_chart_does_not_ask_for_a_snapshot_when_there_is_one(client, ctl, catalog):
+    make_active(ctl, catalog, "f", "/dev/vdb1")
+    body = text(client.get("/charts/io", headers=HX))
+    assert "a snapshot must exist" not in body
+
+
+def test_narrow_screen_css(client):
+    css = client.get("/static/cblb.css").get_data(as_text=True)
+    assert "minmax(min(560px, 100%), 1fr)" in css and ".scroll { overflow-x: auto; }" in css
+    assert "label.check { flex-direction: row" in css
