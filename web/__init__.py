@@ -2,7 +2,9 @@
 
 ``create_app(test_config=None)`` builds the application. Blueprints, one per concern:
 
-- ``auth``      access token (on every bind), login form, CSRF and Host checks (web/auth.py)
+- ``auth``      access token (on every bind), login form, CSRF and Host checks, the
+                 /metrics token, the failed-login bucket, the audit log (web/auth.py);
+                 sessions are held by the server (web/sessions.py)
 - ``devices``   the page, the live devices table, /api/status and the SSE stream
 - ``lifecycle`` load / create / start / start as a set / mount / unmount / remove, each a POST
 - ``charts``    origin throughput and latency, temp-file growth, as inline SVG partials
@@ -12,6 +14,15 @@ Everything that touches the kernel goes through ``app.config["CBLB_CONTROLLER"]`
 :class:`cblb.control.Controller`; tests and ``cblb web --standin`` give it a
 :class:`cblb.fake.FakeSystem`, so the page always runs the control library's own rules. The
 page's own rules (where it mounts, where it keeps temp files) are in web/policy.py.
+
+Threat model (README, "The web page"): a local user reaches the port but not the token
+(root-only file, refused if anyone else could read it), not a session (ids in root's
+memory, cookie ``cblb_session_PORT`` HttpOnly/SameSite=Strict), not a folder the page uses
+(web/policy.py: every folder from / owned by root, no symlinks), not the other loopback
+address (both are bound); they can guess tokens at one a second. A network user gets the
+same over plain HTTP (no TLS here yet: use a TLS proxy or SSH tunnel). A cookie thief can
+act as the administrator until that session ends (logout, token rotation, idle timeout,
+8 hours), never learn the token or keep the session past its end.
 
 Settings for the page (``create_app({...})``, set by ``cblb web`` from its options):
 
