@@ -3,7 +3,8 @@
 Exit codes: 0 ok (or equal), 1 refused or differ (the message says why), 2 usage, or trouble
 (a missing file, an unreadable device) in verify, diff and manifest; 3 diff found blocks the
 module changed without a copy; 130 interrupted. Errors are one line on stderr, never a
-traceback. Every command that changes state takes --json.
+traceback. Every command that changes state takes --json; with it a failure also prints
+{"error": MESSAGE, "exit": CODE} on stdout.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Sequence
 from . import __version__
 from .control import Controller
 from .errors import CblbError
+from .output import emit_json
 
 # Modules under cblb/commands/ that add subcommands, in help order.
 COMMAND_MODULES = ("lifecycle", "snapshot", "backup", "verify", "trace", "web", "bench")
@@ -51,6 +53,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _fail(args: argparse.Namespace, message: str, code: int) -> int:
+    """One line on stderr; with --json also {"error": ...} on stdout, so a script reading
+    stdout always gets one JSON object."""
+    print(f"cblb: {message}", file=sys.stderr)
+    if getattr(args, "json", False):
+        emit_json({"error": message, "exit": code})
+    return code
+
+
 def main(argv: Sequence[str] | None = None, ctl: Controller | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -61,12 +72,10 @@ def main(argv: Sequence[str] | None = None, ctl: Controller | None = None) -> in
     try:
         return int(args.func(args, ctl) or 0)
     except CblbError as e:
-        print(f"cblb: {e}", file=sys.stderr)
-        return int(getattr(args, "trouble_exit", 1))
+        return _fail(args, str(e), int(getattr(args, "trouble_exit", 1)))
     except OSError as e:
         where = f"{e.filename}: " if e.filename else ""
-        print(f"cblb: {where}{e.strerror or e}", file=sys.stderr)
-        return 2
+        return _fail(args, f"{where}{e.strerror or e}", 2)
     except KeyboardInterrupt:
         print("cblb: interrupted", file=sys.stderr)
         return 130

@@ -120,6 +120,14 @@ class Snapshot:
     cbt_block_size: int = 0     # bytes per bit of cbt_map
     cbt_changed_blocks: int = 0  # bits set in cbt_map
     mountpoint: str = ""
+    unreadable: bool = False    # its sysfs files could not be parsed (``error`` says why)
+
+    @classmethod
+    def unreadable_one(cls, name: str, why: str) -> Snapshot:
+        """What a listing shows for a device whose sysfs files make no sense: the name, state
+        unknown (so no guard allows anything), and why, instead of failing the whole list."""
+        return cls(name=name, state=SnapshotState.UNKNOWN, origin="", error=why,
+                   unreadable=True)
 
     @property
     def device(self) -> str:
@@ -272,12 +280,20 @@ class SetMember(NamedTuple):
     max_files: int
 
 
+def check_total(total: int) -> int:
+    """total=N of the module: 1..MAX_TOTAL, or a refusal saying so."""
+    if not 1 <= total <= MAX_TOTAL:
+        raise CblbError(f"total={total} is out of range: choose 1..{MAX_TOTAL}", E.EINVAL)
+    return total
+
+
 def validate_name(name: str, what: str = "snapshot") -> None:
     """A snapshot name becomes /dev/<name>: letters, digits, '.', '_' and '-', 1..31 chars.
     Set names follow the same rule."""
     if not NAME_RE.fullmatch(name):
+        shown = repr(name) if len(name) <= 40 else f"{name[:40]!r}... ({len(name)} characters)"
         raise CblbError(
-            f"invalid {what} name {name!r}: use 1-31 letters, digits, '.', '_' or '-', "
+            f"invalid {what} name {shown}: use 1-31 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit (example: shadow-sda2)", E.EINVAL)
 
 
@@ -443,7 +459,12 @@ class Controller:
 
     def total(self) -> int:
         p = self.system.module_sysfs / "parameters" / "total"
-        return int(p.read_text()) if p.exists() else 0
+        if not p.exists():
+            return 0
+        text = p.read_text().strip()
+        if not text.isdigit():
+            raise CblbError(f"cannot read {p}: {text[:40]!r} is not a number", E.EIO)
+        return int(text)
 
     def version(self) -> str:
         p = self.system.module_sysfs / "version"
@@ -470,8 +491,7 @@ class Controller:
 
     def load(self, total: int = 4, ko: Path | None = None) -> bool:
         """insmod cblb_module.ko total=N. False when it was already loaded with that total."""
-        if not 1 <= total <= MAX_TOTAL:
-            raise CblbError(f"total={total} is out of range: choose 1..{MAX_TOTAL}", E.EINVAL)
+        check_total(total)
         if self.loaded():
             cur = self.total()
             if cur == total:
@@ -519,6 +539,8 @@ class Controller:
                 out.append(self._read(self.root / n))
             except FileNotFoundError:
                 continue  # removed while we read
+            except CblbError as e:
+                out.append(Snapshot.unreadable_one(n, str(e)))
         return out
 
     def status(self) -> ModuleStatus:
@@ -528,11 +550,15 @@ class Controller:
                             self.tracking())
 
     def _read(self, d: Path) -> Snapshot:
+        """One snapshot from its sysfs folder; a file that does not parse is a CblbError
+        naming it (snapshots() lists that device as unreadable, the others as usual)."""
         def rd(f: str) -> str:
             try:
                 return (d / f).read_text().strip()
             except FileNotFoundError:
                 return ""
+            except UnicodeDecodeError:
+                raise CblbError(f"{d.name}: cannot read {d / f}: not text", E.EIO) from None
 
         kw: dict[str, Any] = {f: rd(f) for f in _STR_FIELDS}
         kw["set_name"] = rd("set")
@@ -543,8 +569,12 @@ class Controller:
             kw[f] = int(v) if v.lstrip("-").isdigit() else 0
         ext = []
         for line in rd("store_extents").splitlines():
-            a, b = line.split()
-            ext.append((int(a), int(b)))
+            try:
+                a, b = line.split()
+                ext.append((int(a), int(b)))
+            except ValueError:
+                raise CblbError(f"{d.name}: cannot read {d / 'store_extents'}: line "
+                                f"{line[:40]!r} is not two numbers", E.EIO) from None
         snap = Snapshot(name=d.name, state=SnapshotState.parse(rd("state")), store_extents=ext, **kw)
         if snap.state in (SnapshotState.ACTIVE, SnapshotState.FAILED):
             try:

@@ -45,6 +45,7 @@ DEFAULT_BLOCK_SIZE = 4096
 DEFAULT_SPAN = 8 << 20      # bytes one thread reads and hashes per task
 PIECE = 256 << 10           # buffered reads go through a 256 KiB buffer that stays in L2
 DIRECT_ALIGN = 4096         # O_DIRECT offsets, lengths and buffers are aligned to this
+MIN_BLOCK_SIZE = 512        # of a manifest: below a sector its digests outweigh the data
 MAX_BLOCK_SIZE = 1 << 30
 
 Progress = Callable[[int], None]
@@ -71,6 +72,14 @@ def check_block_size(block_size: int) -> int:
     if not 1 <= block_size <= MAX_BLOCK_SIZE:
         raise CblbError(f"block size {block_size} is out of range: 1 .. {MAX_BLOCK_SIZE} bytes "
                         "(4096 is the default)", E.EINVAL)
+    return block_size
+
+
+def check_manifest_block_size(block_size: int) -> int:
+    """A manifest's (and backup's) block size: at least one 512-byte sector, at most 1 GiB."""
+    if not MIN_BLOCK_SIZE <= block_size <= MAX_BLOCK_SIZE:
+        raise CblbError(f"block size {block_size} is out of range: {MIN_BLOCK_SIZE} .. "
+                        f"{MAX_BLOCK_SIZE} bytes (4096 is the default)", E.EINVAL)
     return block_size
 
 

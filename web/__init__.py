@@ -2,7 +2,9 @@
 
 ``create_app(test_config=None)`` builds the application. Blueprints, one per concern:
 
-- ``auth``      access token (on every bind), login form, CSRF and Host checks (web/auth.py)
+- ``auth``      access token (on every bind), login form, CSRF and Host checks, the
+                 /metrics token, the failed-login bucket, the audit log (web/auth.py);
+                 sessions are held by the server (web/sessions.py)
 - ``devices``   the page, the live devices table, /api/status and the SSE stream
 - ``lifecycle`` load / create / start / start as a set / mount / unmount / remove, each a POST
 - ``charts``    origin throughput and latency, temp-file growth, as inline SVG partials
@@ -13,13 +15,22 @@ Everything that touches the kernel goes through ``app.config["CBLB_CONTROLLER"]`
 :class:`cblb.fake.FakeSystem`, so the page always runs the control library's own rules. The
 page's own rules (where it mounts, where it keeps temp files) are in web/policy.py.
 
+Threat model (README, "The web page"): a local user reaches the port but not the token
+(root-only file, refused if anyone else could read it), not a session (ids in root's
+memory, cookie ``cblb_session_PORT`` HttpOnly/SameSite=Strict), not a folder the page uses
+(web/policy.py: every folder from / owned by root, no symlinks), not the other loopback
+address (both are bound); they can guess tokens at one a second. A network user gets the
+same over plain HTTP (no TLS here yet: use a TLS proxy or SSH tunnel). A cookie thief can
+act as the administrator until that session ends (logout, token rotation, idle timeout,
+8 hours), never learn the token or keep the session past its end.
+
 Settings for the page (``create_app({...})``, set by ``cblb web`` from its options):
 
 - ``CBLB_TOKEN`` or ``CBLB_TOKEN_FILE``: the access token, or the file holding it (read
   again whenever it changes); one of them is required
 - ``CBLB_CHECK_HOST``: answer only to loopback Host names (``cblb web`` sets it when bound
   to loopback); ``CBLB_ALLOWED_HOSTS`` adds names
-- ``CBLB_CATALOG_ROOTS``: the folders temp files may go in (default /var/lib/cblb, /var/tmp)
+- ``CBLB_CATALOG_ROOTS``: the folders temp files may go in (default /var/lib/cblb)
 - ``CBLB_MOUNT_ROOTS``: the folders snapshots may be mounted under
 """
 
@@ -42,12 +53,14 @@ htmx = HTMX()
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app = Flask(__name__)
     app.config.from_mapping(
-        SECRET_KEY=secrets.token_bytes(32),      # sessions (CSRF) last as long as the server
-        SESSION_COOKIE_SAMESITE="Strict",
-        SESSION_COOKIE_HTTPONLY=True,
-        SESSION_COOKIE_NAME="cblb_session",
-        PERMANENT_SESSION_LIFETIME=12 * 3600,
+        SECRET_KEY=secrets.token_bytes(32),      # binds login flags to this server's life
         MAX_CONTENT_LENGTH=64 * 1024,
+        CBLB_IDLE_TIMEOUT=15 * 60,     # seconds without a request before a session ends
+        CBLB_SESSION_LIFETIME=8 * 3600,  # seconds after login a session ends regardless
+        CBLB_LOGIN_BURST=5,            # wrong tokens accepted at once ...
+        CBLB_LOGIN_INTERVAL=1.0,       # ... then one per this many seconds (else 429)
+        CBLB_METRICS_TOKEN="",         # a read-only token for /metrics only, or
+        CBLB_METRICS_TOKEN_FILE=None,  # the file holding it
         CBLB_CONTROLLER=None,          # default: cblb.control.Controller()
         CBLB_SAMPLER=None,             # callable -> [sample, ...]; default: /proc/diskstats
         CBLB_TOKEN="",                 # the access token, or
@@ -58,8 +71,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         CBLB_HISTORY_POINTS=900,       # samples kept per series (30 min at 2 s)
         CBLB_SSE_INTERVAL=2.0,         # seconds between live updates
         CBLB_SSE_MAX_ROUNDS=0,         # 0: stream until the browser goes away (tests: 1)
-        CBLB_CATALOG_ROOTS=("/var/lib/cblb", "/var/tmp"),
-        CBLB_DEFAULT_CATALOG="/var/tmp",
+        CBLB_CATALOG_ROOTS=("/var/lib/cblb",),   # not /var/tmp: every user writes there
+        CBLB_DEFAULT_CATALOG="/var/lib/cblb",
         CBLB_DEFAULT_FILE_MIB=64,
         CBLB_DEFAULT_MAX_FILES=64,
         CBLB_DEFAULT_TOTAL=4,
@@ -70,10 +83,19 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         app.config.update(test_config)
     if app.testing and "CBLB_SSE_MAX_ROUNDS" not in (test_config or {}):
         app.config["CBLB_SSE_MAX_ROUNDS"] = 1   # the test client reads a stream to its end
-    from .auth import TokenSource
+    from .auth import LoginThrottle, TokenSource
+    from .sessions import ServerSessionInterface, SessionStore
 
-    app.extensions["cblb_token"] = TokenSource(app.config["CBLB_TOKEN"] or "",
-                                               app.config["CBLB_TOKEN_FILE"])
+    cfg = app.config
+    app.extensions["cblb_token"] = TokenSource(cfg["CBLB_TOKEN"] or "", cfg["CBLB_TOKEN_FILE"])
+    if cfg["CBLB_METRICS_TOKEN"] or cfg["CBLB_METRICS_TOKEN_FILE"]:
+        app.extensions["cblb_metrics_token"] = TokenSource(cfg["CBLB_METRICS_TOKEN"] or "",
+                                                           cfg["CBLB_METRICS_TOKEN_FILE"])
+    app.extensions["cblb_sessions"] = SessionStore(float(cfg["CBLB_IDLE_TIMEOUT"]),
+                                                   float(cfg["CBLB_SESSION_LIFETIME"]))
+    app.session_interface = ServerSessionInterface()
+    app.extensions["cblb_login_throttle"] = LoginThrottle(int(cfg["CBLB_LOGIN_BURST"]),
+                                                          float(cfg["CBLB_LOGIN_INTERVAL"]))
 
     if app.config["CBLB_CONTROLLER"] is None:
         from cblb.control import Controller

@@ -4,11 +4,18 @@ The page runs as root and drives the kernel, so on every bind, loopback included
 user can reach loopback):
 
 - every request must prove it knows the access token: a session logged in through the form
-  (the signed session cookie carries a flag derived from the token, never the token), or
-  ``Authorization: Bearer <token>`` (for Prometheus, curl). A browser without it gets the
-  login form, anything else 401;
-- the token lives in a file only root can read; rotating it (``cblb web --rotate-token``)
-  logs every session out at its next request, because the flag no longer matches;
+  (held by the server, web/sessions.py; the cookie carries only its id), or
+  ``Authorization: Bearer <token>`` (curl). A browser without it gets the login form,
+  anything else 401;
+- ``/metrics`` also takes its own read-only token (``CBLB_METRICS_TOKEN_FILE``), which
+  opens nothing else, so a Prometheus configuration never holds the admin token;
+- the token lives in a file owned by root and readable by no one else (a file that is not
+  is refused, never tightened and trusted); rotating it (``cblb web --rotate-token``) ends
+  every session at its next request, and its live stream within one round;
+- failed logins (and wrong bearer tokens) draw from one bucket: a burst of
+  ``CBLB_LOGIN_BURST`` then one per ``CBLB_LOGIN_INTERVAL`` seconds; beyond, 429 without
+  looking at the token. Every login, failed login, logout and action is logged (logger
+  ``cblb.web``; ``cblb web`` sends it to syslog) with the session's tag and the peer;
 - bound to loopback, only requests whose Host is a loopback name are served (a DNS-rebinding
   page cannot reach us under its own name);
 - every state-changing request is a POST carrying the session's CSRF token (form field
@@ -20,10 +27,13 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import logging
 import os
 import secrets
 import stat
 import threading
+import time
+from collections.abc import Callable
 from hashlib import sha256
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -43,8 +53,10 @@ from flask import (
 from werkzeug.wrappers import Response as BaseResponse
 
 from . import htmx
+from .sessions import ServerSession
 
 bp = Blueprint("auth", __name__)
+log = logging.getLogger("cblb.web")
 
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "X-CSRF-Token"
@@ -76,15 +88,26 @@ def _write_new_token(path: Path) -> str:
     return token
 
 
+def check_secret_file(path: Path, st: os.stat_result) -> None:
+    """A file holding a secret must be a regular file owned by root (or by the user the page
+    runs as) that no one else can read or write, as ssh's StrictModes asks. A file that is
+    not is refused: someone else could have read it, or written their own token into it."""
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError(f"{path} is not a regular file")
+    if st.st_uid not in (0, os.geteuid()):
+        raise ValueError(f"{path} is owned by uid {st.st_uid}, not root: refused (someone "
+                         "else could have written it); delete it and start again")
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        raise ValueError(f"{path} has mode {stat.S_IMODE(st.st_mode):04o}: others may have "
+                         "read it, so it is refused; rotate it (cblb web --rotate-token "
+                         "writes a new one, mode 0600)")
+
+
 def read_token(path: Path) -> str:
-    """The token in ``path``; a file readable by others is tightened to 0600, not trusted."""
+    """The token in ``path``, refused unless check_secret_file() accepts the file."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise ValueError(f"{path} is not a regular file")
-        if stat.S_IMODE(st.st_mode) & 0o077:
-            os.fchmod(fd, 0o600)
+        check_secret_file(path, os.fstat(fd))
         token = os.read(fd, 4096).decode().strip()
     finally:
         os.close(fd)
@@ -136,6 +159,52 @@ class TokenSource:
             return self._token
 
 
+class LoginThrottle:
+    """One bucket for every failed try, whoever makes it: ``burst`` at once, then one per
+    ``interval`` seconds. A try finds the bucket empty -> 429, and the token is not looked
+    at. (On loopback every user has the same address, so a per-address limit would not
+    slow a local user down; the price is that a flood of wrong tries delays the
+    administrator's login too, for as long as it lasts.)"""
+
+    def __init__(self, burst: int, interval: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.burst, self.interval, self.clock = burst, interval, clock
+        self._tokens, self._at = float(burst), clock()
+        self._lock = threading.Lock()
+
+    def take(self) -> bool:
+        """Take one try; False when none is left (then answer 429)."""
+        with self._lock:
+            now = self.clock()
+            self._tokens = min(self.burst, self._tokens + (now - self._at) / self.interval)
+            self._at = now
+            if self._tokens < 1:
+                return False
+            self._tokens -= 1
+            return True
+
+    def give_back(self) -> None:
+        """The try succeeded: it costs nothing."""
+        with self._lock:
+            self._tokens = min(self.burst, self._tokens + 1)
+
+    def wait(self) -> int:
+        with self._lock:
+            return max(1, int((1 - self._tokens) * self.interval + 0.999))
+
+
+def session_tag() -> str:
+    """A short name for this request's session in logs: derived from its id, not the id."""
+    sid = getattr(session._get_current_object(), "sid", None)  # type: ignore[attr-defined]
+    return sha256(sid.encode()).hexdigest()[:10] if sid else "-"
+
+
+def audit(event: str, **fields: object) -> None:
+    """One line per login, failed login, logout and action: who (session tag, peer) and what."""
+    extra = "".join(f" {k}={v!r}" for k, v in fields.items())
+    log.info("%s session=%s peer=%s%s", event, session_tag(), request.remote_addr, extra)
+
+
 def is_loopback(host: str) -> bool:
     h = host.strip("[]")
     if h in LOOPBACK_NAMES:
@@ -154,12 +223,14 @@ def csrf_token() -> str:
     return str(tok)
 
 
-def _token() -> str:
-    source: TokenSource = current_app.extensions["cblb_token"]
+def _token(which: str = "cblb_token") -> str:
+    source: TokenSource | None = current_app.extensions.get(which)
+    if source is None:
+        return ""
     try:
         return source.current()
     except (OSError, ValueError):
-        return ""   # an unreadable token file lets nobody in
+        return ""   # an unreadable (or no longer trusted) token file lets nobody in
 
 
 def _flag(token: str) -> str:
@@ -169,18 +240,77 @@ def _flag(token: str) -> str:
     return hmac.new(key_bytes, b"cblb-session:" + token.encode(), sha256).hexdigest()
 
 
-def token_ok(presented: str) -> bool:
-    want = _token()
+def token_ok(presented: str, which: str = "cblb_token") -> bool:
+    want = _token(which)
     return bool(want) and hmac.compare_digest(presented.encode(), want.encode())
+
+
+def _throttle() -> LoginThrottle:
+    return current_app.extensions["cblb_login_throttle"]
+
+
+class Throttled(Exception):
+    pass
+
+
+def _bearer_ok(presented: str) -> bool:
+    """The admin token anywhere; the metrics token on GET /metrics only."""
+    if not _throttle().take():
+        raise Throttled()
+    ok = token_ok(presented) or (request.endpoint == "metrics.metrics"
+                                 and request.method == "GET"
+                                 and token_ok(presented, "cblb_metrics_token"))
+    if ok:
+        _throttle().give_back()
+    else:
+        audit("bearer-refused", path=request.path)
+    return ok
+
+
+def session_alive() -> bool:
+    """Whether this request's session is still logged in with the current token, without
+    counting as activity (the live stream asks this every round)."""
+    from .sessions import store_of
+
+    sess = session._get_current_object()  # type: ignore[attr-defined]
+    sid = getattr(sess, "sid", None)
+    flag, want = session.get(SESSION_FLAG), _token()
+    return bool(sid and flag and want and store_of(current_app).alive(sid)
+                and hmac.compare_digest(str(flag), _flag(want)))
+
+
+def stays_authenticated() -> Callable[[], bool]:
+    """For a long response (the live stream): a check, not counting as activity, that the
+    credential this request came with still holds (the session is live and its login flag
+    matches the current token, or the bearer token is still the token)."""
+    auth = request.headers.get("Authorization", "")
+    if auth.startswith("Bearer "):
+        presented = auth[7:].strip()
+        return lambda: token_ok(presented)
+    return session_alive
 
 
 def authenticated() -> bool:
     auth = request.headers.get("Authorization", "")
     if auth.startswith("Bearer "):
-        return token_ok(auth[7:].strip())
+        return _bearer_ok(auth[7:].strip())
     flag = session.get(SESSION_FLAG)
+    if not flag:
+        return False
     want = _token()
-    return bool(flag and want) and hmac.compare_digest(str(flag), _flag(want))
+    if want and hmac.compare_digest(str(flag), _flag(want)):
+        return True
+    audit("session-ended", why="the access token changed or is unreadable")
+    _end_session()
+    return False
+
+
+def _end_session() -> None:
+    sess = session._get_current_object()  # type: ignore[attr-defined]
+    if isinstance(sess, ServerSession):
+        sess.regenerate()
+    else:
+        sess.clear()
 
 
 def safe_next(nxt: str | None) -> str:
@@ -223,7 +353,11 @@ def guard() -> BaseResponse | None:
         if origin and origin != "null" and urlsplit(origin).netloc != request.host:
             abort(403, description="cross-site request refused (Origin does not match)")
     logging_in = request.endpoint == "auth.login" and request.method == "POST"
-    if not logging_in and not authenticated():
+    try:
+        ok = logging_in or authenticated()
+    except Throttled:
+        return _too_many()
+    if not ok:
         # (the login view checks the token it is given, after the CSRF check below)
         if request.accept_mimetypes.accept_html and not htmx:
             return _login_page()
@@ -238,6 +372,21 @@ def guard() -> BaseResponse | None:
         if not want or not hmac.compare_digest(sent.encode(), str(want).encode()):
             abort(403, description="CSRF token does not match this session: reload the page")
     return None
+
+
+def _too_many() -> Response:
+    wait = _throttle().wait()
+    audit("login-throttled", path=request.path)
+    return Response(f"429 too many wrong access tokens: try again in {wait} s\n", 429,
+                    {"Retry-After": str(wait), "Content-Type": "text/plain"})
+
+
+@bp.after_app_request
+def audit_actions(resp: Response) -> Response:
+    if request.method in UNSAFE_METHODS and request.endpoint not in ("auth.login",
+                                                                     "auth.logout"):
+        audit("action", method=request.method, path=request.path, status=resp.status_code)
+    return resp
 
 
 @bp.after_app_request
@@ -258,17 +407,22 @@ def security_headers(resp: Response) -> Response:
 def login() -> BaseResponse:
     if request.method == "GET":
         return redirect(safe_next(request.args.get("next")))   # the guard let us in: logged in
+    if not _throttle().take():
+        return _too_many()
     if not token_ok(request.form.get("token", "").strip()):
+        audit("login-failed")
         return _login_page("That is not the access token. It was printed when `cblb web` "
                            "first started and is stored in its token file (root only).")
-    session.clear()                      # a fresh session: nothing from before the login
-    session.permanent = True
+    _throttle().give_back()
+    _end_session()                       # a fresh session id: nothing from before the login
     session[SESSION_FLAG] = _flag(_token())
     csrf_token()
+    audit("login")
     return redirect(safe_next(request.form.get("next")), 303)
 
 
 @bp.post("/logout")
 def logout() -> BaseResponse:
-    session.clear()
+    audit("logout")
+    _end_session()
     return redirect(url_for("auth.login"), 303)

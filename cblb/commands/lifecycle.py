@@ -7,7 +7,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..control import Controller, ModuleStatus
+from ..control import MAX_TOTAL, Controller, ModuleStatus, check_total
+from ..errors import CblbError
 from ..output import emit_json, human_bytes, table
 from . import blocks_arg
 
@@ -113,13 +114,25 @@ def _untrack(args: argparse.Namespace, ctl: Controller) -> int:
                 {"partition": args.partition, "tracked": False})
 
 
+def total_arg(text: str) -> int:
+    """--total's type: not a number and out of range are both usage errors (exit 2), with
+    the control library's own range message."""
+    try:
+        return check_total(int(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid total {text!r}: a whole number "
+                                         f"1..{MAX_TOTAL}") from None
+    except CblbError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _json(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("load", help="insmod cblb_module.ko total=N")
-    p.add_argument("--total", type=int, default=4,
+    p.add_argument("--total", type=total_arg, default=4,
                    help="most snapshots at once, 1..255 (default 4; costs nothing per write)")
     p.add_argument("--ko", help="path of cblb_module.ko (default: built for this kernel)")
     _json(p)

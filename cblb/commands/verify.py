@@ -18,7 +18,7 @@ import sys
 
 from ..control import NAME_RE, Controller
 from ..errors import CblbError
-from ..hashing import ALGORITHMS, DEFAULT_BLOCK_SIZE, check_block_size, parse_size
+from ..hashing import ALGORITHMS, DEFAULT_BLOCK_SIZE, check_manifest_block_size, parse_size
 from ..output import emit_json, human_bytes
 from ..progress import progress_bar
 from ..verify import (
@@ -46,7 +46,7 @@ def resolve_source(ctl: Controller, arg: str) -> str:
 
 def block_size_arg(text: str) -> int:
     try:
-        return check_block_size(parse_size(text))
+        return check_manifest_block_size(parse_size(text))
     except CblbError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
 

@@ -13,6 +13,7 @@ import argparse
 import errno as E
 import ipaddress
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -59,23 +60,132 @@ def parse_bind(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def threads_arg(text: str) -> int:
+    """--threads' type: 1..256; 0 would start a server that never answers (exit 2)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid thread count {text!r}") from None
+    if not 1 <= n <= 256:
+        raise argparse.ArgumentTypeError(f"--threads {n} is out of range: 1..256 (each open "
+                                         "page holds one)")
+    return n
+
+
+def minutes_arg(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid minutes {text!r}") from None
+    if not 0 < v <= 24 * 60:
+        raise argparse.ArgumentTypeError(f"--idle-timeout {text} is out of range: more than 0, "
+                                         "at most 1440 minutes")
+    return v
+
+
 def _url(host: str, port: int) -> str:
-    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    """The address to open in a browser on this machine for a server bound to ``host``."""
+    shown = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
     if ":" in shown:
         shown = f"[{shown}]"
     return f"http://{shown}:{port}/"
 
 
-def _serve(app: Any, host: str, port: int, threads: int) -> None:
-    try:
-        from waitress import serve
-    except ImportError:
-        from werkzeug.serving import run_simple
+CHANNEL_TIMEOUT = 15      # seconds a connection may sit idle or half-sent before it is closed
+CONNECTION_LIMIT = 500    # open connections before new ones wait (idle ones time out first)
 
-        run_simple(host, port, app, threaded=True, use_reloader=False, use_debugger=False)
+
+def listen_addresses(host: str, port: int) -> list[tuple[str, int]]:
+    """Where to listen for --bind HOST:PORT. A loopback bind takes both loopbacks (127.0.0.1
+    and ::1, when this machine has IPv6), so no other local user can take the other one and
+    serve a copy of the login form to http://localhost:PORT/."""
+    from web.auth import is_loopback
+
+    if not is_loopback(host):
+        return [(host, port)]
+    out = [("127.0.0.1", port)]
+    if _has_ipv6_loopback():
+        out.append(("::1", port))
+    return out
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+def _show(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def bind_sockets(addrs: list[tuple[str, int]]) -> list[socket.socket]:
+    """Listening sockets on every address, or none and a one-line refusal naming the one
+    that is taken: the banner is printed only after all of them are ours."""
+    socks: list[socket.socket] = []
+    try:
+        for host, port in addrs:
+            fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+            s = socket.socket(fam, socket.SOCK_STREAM)
+            socks.append(s)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if fam == socket.AF_INET6:
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if host == "::" else 1)
+            s.bind((host, port))
+            s.listen(1024)
+    except OSError as e:
+        for s in socks:
+            s.close()
+        why = ("it is in use (another 'cblb web', or another program or user, holds it); "
+               "choose another with --bind" if e.errno == E.EADDRINUSE else e.strerror or str(e))
+        raise CblbError(f"cannot listen on {_show(host, port)}: {why}", e.errno or 0) from None
+    return socks
+
+
+def make_server(app: Any, socks: list[socket.socket], threads: int,
+                channel_timeout: float = CHANNEL_TIMEOUT) -> Any:
+    """The waitress server on already-bound sockets. Waitress reads each request whole
+    before a thread takes it, and closes a connection idle or half-sent for
+    ``channel_timeout`` seconds, so slow clients hold no thread and cannot lock the
+    administrator out; each open page's live stream holds one thread."""
+    from waitress.server import create_server
+
+    return create_server(app, sockets=socks, threads=threads, ident="cblb",
+                         channel_timeout=channel_timeout, connection_limit=CONNECTION_LIMIT,
+                         cleanup_interval=max(1, min(30, int(channel_timeout))),
+                         clear_untrusted_proxy_headers=True)
+
+
+SYSLOG = "/dev/log"
+
+
+def log_to_syslog(address: str = SYSLOG) -> None:
+    """Send the page's audit lines (logger cblb.web: logins, failed logins, logouts,
+    actions, with session tag and peer) to syslog / the journal, as facility auth."""
+    import logging
+    import logging.handlers
+
+    logger = logging.getLogger("cblb.web")
+    logger.setLevel(logging.INFO)
+    if any(getattr(h, "address", None) == address for h in logger.handlers):
+        return          # (a second `cblb web` in one process: tests)
+    try:
+        h = logging.handlers.SysLogHandler(address=address,
+                                           facility=logging.handlers.SysLogHandler.LOG_AUTH)
+    except OSError as e:
+        print(f"cblb web: no syslog at {address} ({e.strerror}): logging to stderr",
+              file=sys.stderr)
+        logger.addHandler(logging.StreamHandler())
         return
-    # Each open page holds one thread for its live-update stream.
-    serve(app, host=host, port=port, threads=threads, ident="cblb", channel_timeout=30)
+    h.setFormatter(logging.Formatter("cblb-web: %(message)s"))
+    logger.addHandler(h)
+
+
+def serve_forever(server: Any) -> None:
+    server.run()
 
 
 def _demo_config(config: dict[str, Any]) -> None:
@@ -129,7 +239,20 @@ def _web(args: argparse.Namespace, ctl: Any) -> int:
     except (OSError, ValueError) as e:
         raise CblbError(f"cannot use the token file {path}: {e}", E.EACCES) from None
     config: dict[str, Any] = {"CBLB_CONTROLLER": ctl, "CBLB_TOKEN_FILE": path,
-                              "CBLB_CHECK_HOST": is_loopback(host)}
+                              "CBLB_CHECK_HOST": is_loopback(host),
+                              "CBLB_IDLE_TIMEOUT": args.idle_timeout * 60}
+    metrics_created = ""
+    if args.metrics_token_file:
+        mpath = Path(args.metrics_token_file)
+        try:
+            mtoken, made = ensure_token(mpath)
+        except (OSError, ValueError) as e:
+            raise CblbError(f"cannot use the metrics token file {mpath}: {e}", E.EACCES) from None
+        if mtoken == token:
+            raise CblbError(f"{mpath} holds the access token itself: give /metrics a file "
+                            "of its own", E.EINVAL)
+        config["CBLB_METRICS_TOKEN_FILE"] = mpath
+        metrics_created = mtoken if made else ""
     if args.standin:
         _demo_config(config)
     if args.catalog_root:
@@ -137,23 +260,34 @@ def _web(args: argparse.Namespace, ctl: Any) -> int:
     if args.catalog:
         config["CBLB_DEFAULT_CATALOG"] = args.catalog
     app = create_app(config)
-    print(f"cblb web: serving {_url(host, port)}" + (" (demo: fake module, no kernel)"
-                                                     if args.standin else ""))
+    addrs = listen_addresses(host, port)
+    try:
+        socks = bind_sockets(addrs)
+    except CblbError:
+        app.extensions["cblb_history"].stop()
+        raise
+    server = make_server(app, socks, args.threads)
+    where = " and ".join(_show(h, p) for h, p in addrs)
+    print(f"cblb web: serving {_url(host, port)} (listening on {where})"
+          + (" (demo: fake module, no kernel)" if args.standin else ""))
     if created:
         print(f"log in with this access token (shown this once; stored in {path}, mode 0600):\n"
               f"  {token}")
     else:
         print(f"log in with the access token stored in {path} (root only: sudo cat {path}); "
               "'cblb web --rotate-token' replaces it")
+    if metrics_created:
+        print(f"/metrics also takes this read-only token (stored in "
+              f"{args.metrics_token_file}, mode 0600):\n  {metrics_created}")
     if is_loopback(host):
         print("bound to loopback: reach it from elsewhere through an SSH tunnel "
               f"(ssh -L {port}:127.0.0.1:{port} HOST), or --bind 0.0.0.0:PORT")
     sys.stdout.flush()
+    log_to_syslog(SYSLOG)
     try:
-        _serve(app, host, port, args.threads)
-    except OSError as e:
-        raise CblbError(f"cannot listen on {host}:{port}: {e.strerror or e}", e.errno or 0) from None
+        serve_forever(server)
     finally:
+        server.close()
         app.extensions["cblb_history"].stop()
     return 0
 
@@ -175,9 +309,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="with --rotate-token: machine-readable")
     p.add_argument("--catalog-root", metavar="DIR", action="append",
                    help="a folder the page may keep temp files in (repeat; default "
-                        "/var/lib/cblb and /var/tmp)")
+                        "/var/lib/cblb); it and every folder above it must be root's")
     p.add_argument("--catalog", metavar="DIR", help="default catalog shown in the start form")
-    p.add_argument("--threads", type=int, default=16,
+    p.add_argument("--metrics-token-file", metavar="PATH",
+                   help="a read-only token for /metrics alone (made on first use, mode 0600), "
+                        "so Prometheus never holds the access token")
+    p.add_argument("--idle-timeout", type=minutes_arg, default=15, metavar="MINUTES",
+                   help="a session ends after this long without a request (default 15)")
+    p.add_argument("--threads", type=threads_arg, default=16,
                    help="server threads (each open page holds one; default 16)")
     p.add_argument("--standin", action="store_true",
                    help="demo: the real control library over a fake module in a temporary "

@@ -109,10 +109,46 @@ def test_parse_blocks(text: str, blocks: int) -> None:
     assert parse_blocks(text) == blocks
 
 
-@pytest.mark.parametrize("bad", ["", "M", "64Q", "-1", "1.5G", "100B", "8sB"])
+@pytest.mark.parametrize("bad", ["", "M", "64Q", "-1", "1.5s", "100B", "8sB", "0.3k", "1.", "9" * 4000])
 def test_parse_blocks_refuses(bad: str) -> None:
     with pytest.raises(CblbError):
         parse_blocks(bad)
+
+
+@pytest.mark.parametrize("text,nbytes", [("1.5G", 3 * 2**29), ("0.5M", 2**19), ("2.5k", 2560),
+                                           ("1.5T", 3 * 2**39)])
+def test_fractional_sizes_as_lvm_reads_them(text: str, nbytes: int) -> None:
+    assert parse_blocks(text) * 512 == nbytes
+    assert build_parser().parse_args(["start", "s", "/var/tmp", text, "4"]).file_size == \
+        nbytes // 512
+
+
+@pytest.mark.parametrize("total", ["999", "0", "abc"])
+def test_load_total_out_of_range_is_usage(total: str) -> None:
+    r = run_cli("load", "--total", total)
+    assert r.returncode == 2 and "usage:" in r.stderr
+    assert "1..255" in r.stderr
+
+
+def test_failing_json_command_prints_error_object(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    ctl = Controller(system=FakeSystem(tmp_path / "f", loaded=True, total=4))
+    assert main(["create", "bad name", "/dev/vdb1", "--json"], ctl) == 1
+    cap = capsys.readouterr()
+    out = json.loads(cap.out)
+    assert out["error"].startswith("invalid snapshot name") and out["exit"] == 1
+    assert cap.err.startswith("cblb: invalid snapshot name") and cap.err.count("\n") == 1
+    assert main(["create", "bad name", "/dev/vdb1"], ctl) == 1
+    assert capsys.readouterr().out == ""          # without --json stdout stays empty
+
+
+@pytest.mark.parametrize("bs", ["3", "511", "0"])
+def test_manifest_block_size_below_a_sector_is_refused(tmp_path: Path, bs: str) -> None:
+    src = tmp_path / "src"
+    src.write_bytes(b"x" * 4096)
+    r = run_cli("manifest", str(src), "--block-size", bs, "-o", str(tmp_path / "m"))
+    assert r.returncode == 2 and "out of range: 512" in r.stderr
+    assert not (tmp_path / "m").exists()
 
 
 def test_sizes_with_units_on_the_command_line() -> None:

@@ -36,7 +36,7 @@ def module_status() -> tuple[ModuleStatus, str]:
     """(status, error): the page still renders when reading the module fails."""
     try:
         return controller().status(), ""
-    except (CblbError, OSError) as e:
+    except (CblbError, OSError, ValueError) as e:
         return ModuleStatus(loaded=False), str(e)
 
 

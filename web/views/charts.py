@@ -53,7 +53,8 @@ def io_context() -> dict[str, Any]:
         if samples:
             latest[dev] = samples[-1]
     t_chart = svg.Chart("origin write throughput (MB/s)", tput, y_fmt=lambda v: f"{v:g}",
-                        empty_text="no origin writes sampled yet (a snapshot must exist)")
+                        empty_text="no origin writes sampled yet (sampled while a snapshot "
+                                   "of the origin exists)")
     l_chart = svg.Chart("origin write latency (ms)", lat, y_fmt=lambda v: f"{v:g}",
                         empty_text="no origin writes sampled yet")
     return {"io_tput_svg": svg.render(t_chart), "io_tput_legend": svg.legend(tput),
@@ -92,6 +93,8 @@ def growth_context() -> dict[str, Any]:
             if end >= proj.full_ts:
                 markers.append(svg.Marker(proj.full_ts, last.store_bytes / unit,
                                           f"full ~{time.strftime('%H:%M:%S', time.localtime(proj.full_ts))}"))
+        elif last.store_bytes and last.cow_bytes >= last.store_bytes:
+            caption = "the store is full: the snapshot has failed"
         else:
             caption = "not growing: the origin is not being written"
         hl = [svg.HLine(last.store_bytes / unit, f"store {human_bytes(last.store_bytes)}")] \

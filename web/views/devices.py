@@ -69,17 +69,22 @@ def _event(name: str, html: str) -> str:
 def events() -> Response:
     """Server-sent events: the devices table and the charts every few seconds, and the
     lifecycle panel whenever a snapshot changes state (its markup depends only on state)."""
+    from ..auth import stays_authenticated
     from .charts import growth_context, io_context
     from .lifecycle import panel_context
 
     cfg = current_app.config
     interval = float(cfg["CBLB_SSE_INTERVAL"])
     rounds = int(cfg["CBLB_SSE_MAX_ROUNDS"])
+    still_ok = stays_authenticated()
 
     def stream() -> Iterator[str]:
         n = 0
         yield "retry: 3000\n\n"
         while True:
+            if not still_ok():    # logged out, idle too long, token rotated: stop here
+                yield _event("session-ended", render_template("partials/session_ended.html"))
+                return
             dctx = devices_context()
             sig = signature(dctx["st"])
             yield _event("devices", render_template("partials/devices.html", **dctx))

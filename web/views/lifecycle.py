@@ -45,16 +45,27 @@ SET_FORM_MIN = 2          # created snapshots before the page offers to start th
 
 
 # ---- input ---------------------------------------------------------------------------
-def _int(field: str, label: str, lo: int, hi: int) -> int:
-    raw = request.form.get(field, "").strip()
-    try:
-        v = int(raw, 10)
-    except ValueError:
+FILE_MIB_MAX = (2**31 - 1) // MIB_BLOCKS
+
+
+def whole_number(raw: str, label: str, lo: int, hi: int) -> int:
+    """``raw`` as a number in lo..hi, or a refusal that echoes at most 20 characters of it
+    (a number of 4,000 digits is refused by its length, never computed with)."""
+    raw = raw.strip()
+    digits = raw.removeprefix("-")
+    if not digits.isdigit():
         raise CblbError(f"{label} must be a whole number from {lo} to {hi} "
-                        f"(got {raw[:20]!r})", E.EINVAL) from None
+                        f"(got {raw[:20]!r})", E.EINVAL)
+    if len(digits) > len(str(hi)):
+        raise CblbError(f"{label} {raw[:20]}... is out of range: choose {lo}..{hi}", E.EINVAL)
+    v = int(raw, 10)
     if not lo <= v <= hi:
         raise CblbError(f"{label} {v} is out of range: choose {lo}..{hi}", E.EINVAL)
     return v
+
+
+def _int(field: str, label: str, lo: int, hi: int) -> int:
+    return whole_number(request.form.get(field, ""), label, lo, hi)
 
 
 def _text(field: str, label: str) -> str:
@@ -144,21 +155,17 @@ def panel() -> Any:
 
 
 @bp.get("/lifecycle/cost")
-def cost() -> str:
+def cost() -> Any:
     """What a start with these parameters would cost (live preview beside the form).
 
     The catalog's free space is shown only for a folder the page may use: a path elsewhere
     gets the same answer whether it exists or not."""
     a = request.args
     try:
-        mib = int(a.get("file_mib", ""))
-        files = int(a.get("max_files", ""))
-    except ValueError:
-        return render_template("partials/cost.html", bad="file size and max files must be "
-                               "whole numbers")
-    if mib < 1 or files < 1:
-        return render_template("partials/cost.html", bad="file size and max files must be "
-                               "at least 1")
+        mib = whole_number(a.get("file_mib", ""), "file size (MiB)", 1, FILE_MIB_MAX)
+        files = whole_number(a.get("max_files", ""), "max files", 1, MAX_FILES)
+    except CblbError as e:
+        return render_template("partials/cost.html", bad=str(e)), 422
     catalog = a.get("catalog", "").strip()
     roots = current_app.config["CBLB_CATALOG_ROOTS"]
     allowed = within(catalog, roots)
@@ -215,7 +222,7 @@ def start(name: str) -> Any:
         validate_name(name)
         catalog = check_catalog_dir(_text("catalog", "catalog"),
                                     current_app.config["CBLB_CATALOG_ROOTS"])
-        mib = _int("file_mib", "file size (MiB)", 1, (2**31 - 1) // MIB_BLOCKS)
+        mib = _int("file_mib", "file size (MiB)", 1, FILE_MIB_MAX)
         files = _int("max_files", "max files", 1, MAX_FILES)
         s = controller().start(name, catalog, mib * MIB_BLOCKS, files)
         return (f"{s.name}: active; /dev/{s.name} is the snapshot of {s.origin} "
@@ -238,7 +245,7 @@ def start_set() -> Any:
         set_name = request.form.get("set_name", "").strip() or default_set_name(names)
         validate_name(set_name, "set")
         root = _text("catalog", "catalog root")
-        mib = _int("file_mib", "file size (MiB)", 1, (2**31 - 1) // MIB_BLOCKS)
+        mib = _int("file_mib", "file size (MiB)", 1, FILE_MIB_MAX)
         files = _int("max_files", "max files", 1, MAX_FILES)
         check_set_name_free(ctl, set_name)
         for n in names:                      # before any folder is made for them

@@ -17,6 +17,12 @@ bp = Blueprint("metrics", __name__)
 STATES = [s.value for s in SnapshotState]
 
 
+def _read_error(why: str) -> InfoMetricFamily:
+    info = InfoMetricFamily("cblb_read_error", "why the module's state could not be read")
+    info.add_metric([], {"error": why[:500]})
+    return info
+
+
 class CblbCollector:
     """Reads the module at scrape time through the controller; I/O from the History worker."""
 
@@ -25,15 +31,20 @@ class CblbCollector:
 
     def collect(self) -> Iterator[Any]:
         ctl = self.app.config["CBLB_CONTROLLER"]
-        up = GaugeMetricFamily("cblb_up", "1 if the module's state could be read")
+        up = GaugeMetricFamily("cblb_up", "1 if the module's state could be read, every "
+                               "device's included")
         try:
             st = ctl.status()
-            up.add_metric([], 1)
-        except (CblbError, OSError):
+        except (CblbError, OSError, ValueError) as e:
             up.add_metric([], 0)
             yield up
+            yield _read_error(str(e))
             return
+        bad = [s for s in st.snapshots if s.unreadable]
+        up.add_metric([], 0 if bad else 1)
         yield up
+        if bad:
+            yield _read_error("; ".join(s.error for s in bad))
         yield GaugeMetricFamily("cblb_module_loaded", "1 if cblb_module is loaded",
                                 value=1 if st.loaded else 0)
         if st.loaded:
