@@ -18,9 +18,9 @@
  * Which layouts are handled and which refused: kmod/doc/LAYOUTS.md.
  *
  * Lock story (the big picture; each file details its own):
- *   cblb_registry_lock (mutex)  slots[], the tracker hash's writers, every command.
+ *   cblb_cmd_lock (mutex)  slots[], the tracker hash's writers, every command.
  *                               Taken only from sysfs writes and module init/exit.
- *   tracker hash                RCU: writers hold cblb_registry_lock, readers are
+ *   tracker hash                RCU: writers hold cblb_cmd_lock, readers are
  *                               the ftrace handler and the redirected submitter.
  *   snapshot->pending_lock      (spinlock, irq-safe) the queue of origin writes that
  *                               wait for their chunks to be copied.
@@ -218,17 +218,17 @@ struct cblb_snapshot {
 	u64 frozen_us;			/* first freeze to last thaw of its start */
 	const char *freeze;
 	char set_name[CBLB_NAME_MAX + 1];	/* "" unless started by startset; written
-						 * under cblb_registry_lock by start.c */
+						 * under cblb_cmd_lock by start.c */
 
 	/* tracker: in the hash while started, see tracker.c */
 	struct hlist_node hash_node;
-	bool tracked;			/* Protected by cblb_registry_lock */
+	bool tracked;			/* Protected by cblb_cmd_lock */
 	u64 gate_seq;			/* tracked once cblb_gate_open >= gate_seq (start.c);
 					 * written before the snapshot enters the hash */
 
 	/* changed-block tracking of the origin, see cbt.c; set at create */
 	struct cblb_cbt *cbt;
-	uuid_t cbt_generation;		/* written by start under cblb_registry_lock */
+	uuid_t cbt_generation;		/* written by start under cblb_cmd_lock */
 	u64 cbt_sequence;		/* this start's; 0 before */
 	u64 cbt_changed;		/* bits set in the map this start froze */
 	bool cbt_ready;			/* the frozen map is final; under the cbt's lock */
@@ -271,18 +271,31 @@ struct cblb_snapshot {
 	struct cblb_store store;
 };
 
+/* state.c (layer 0: every layer may call these; kmod/doc/LAYERS.md) */
+extern struct mutex cblb_cmd_lock;
+void cblb_fail(struct cblb_snapshot *s, const char *fmt, ...) __printf(2, 3);
+void cblb_set_state(struct cblb_snapshot *s, enum cblb_state new);
+bool cblb_valid_name(const char *name);
+void cblb_pass_bio(struct bio *bio);
+
+static inline bool cblb_snapshot_active(struct cblb_snapshot *s)
+{
+	return READ_ONCE(s->state) == CBLB_ACTIVE;
+}
+
+/* Is disk one of this module's snapshot disks (snapimage.c, the only disks it makes)? */
+static inline bool cblb_is_snapimage(struct gendisk *disk)
+{
+	return disk && disk->fops->owner == THIS_MODULE;
+}
+
 /* registry.c */
-extern struct mutex cblb_registry_lock;
 extern int cblb_total;
 int cblb_registry_init(void);
 void cblb_registry_exit(void);
 int cblb_cmd_create(const char *name, const char *origin);
 int cblb_cmd_remove(const char *name);
 int cblb_debug_show(char *buf);
-void cblb_fail(struct cblb_snapshot *s, const char *fmt, ...) __printf(2, 3);
-bool cblb_snapshot_active(struct cblb_snapshot *s);
-void cblb_set_state(struct cblb_snapshot *s, enum cblb_state new);
-bool cblb_valid_name(const char *name);
 struct cblb_snapshot *cblb_find(const char *name);
 struct cblb_snapshot *cblb_catalog_meets_origin(struct cblb_snapshot *s, bool catalog_of_s);
 
@@ -297,7 +310,6 @@ struct cblb_start_member {
 	int freeze_err;
 	bool fs_frozen;			/* a filesystem on the origin was frozen */
 };
-extern atomic64_t cblb_gate_open;
 int cblb_cmd_start(const char *name, const char *catalog, u64 file_blocks, u32 max_files);
 int cblb_cmd_start_set(const char *set, struct cblb_start_member *m, int n);
 ssize_t cblb_set_refused_show(char *buf);
@@ -305,21 +317,24 @@ ssize_t cblb_set_refused_show(char *buf);
 /* sysfs.c */
 int cblb_sysfs_init(void);
 void cblb_sysfs_exit(void);
-int cblb_sysfs_add(struct cblb_snapshot *s);
-void cblb_sysfs_hide(struct cblb_snapshot *s);
-void cblb_sysfs_del(struct cblb_snapshot *s);
-extern struct kobject *cblb_kobj;
+
+/* snapsysfs.c */
+void cblb_snapsysfs_init(struct kobject *parent);
+int cblb_snapsysfs_add(struct cblb_snapshot *s);
+void cblb_snapsysfs_hide(struct cblb_snapshot *s);
+void cblb_snapsysfs_del(struct cblb_snapshot *s);
 
 /* tracker.c */
 int cblb_tracker_init(void);
 void cblb_tracker_exit(void);
 void cblb_tracker_add(struct cblb_snapshot *s);
 void cblb_tracker_del(struct cblb_snapshot *s);
-void cblb_pass_bio(struct bio *bio);
+void cblb_tracker_open_gate(u64 seq);
 
 /* cbt.c */
 struct cblb_cbt;
 extern atomic_t cblb_nr_cbt;
+void cblb_cbt_init(struct kobject *parent);
 void cblb_cbt_mark(struct bio *bio, bool again);
 int cblb_cbt_attach(struct cblb_snapshot *s);
 void cblb_cbt_detach(struct cblb_cbt *c);
@@ -403,6 +418,5 @@ int cblb_snapimage_init(void);
 void cblb_snapimage_exit(void);
 int cblb_snapimage_create(struct cblb_snapshot *s);
 void cblb_snapimage_destroy(struct cblb_snapshot *s);
-bool cblb_is_snapimage(struct gendisk *disk);
 
 #endif /* CBLB_H */

@@ -4,20 +4,20 @@
  * (design and interface: doc/CBT.md).
  *
  * Lock story:
- * - cbt_list and the tracking hash are changed under cblb_registry_lock; the hash is
+ * - cbt_list and the tracking hash are changed under cblb_cmd_lock; the hash is
  *   read under RCU by the ftrace handler (cblb_cbt_mark), which never sleeps and takes
  *   no lock. A tracked origin leaves the hash, then an RCU grace period passes, before
  *   it is freed.
  * - c->state (which map is current, whether both are marked) is written under
- *   cblb_registry_lock by start.c's rotation with release semantics and read by the
+ *   cblb_cmd_lock by start.c's rotation with release semantics and read by the
  *   handler with acquire semantics. The maps' bits are set atomically from any context;
  *   a map is cleared or re-made only while it is neither current nor marked (rotation,
- *   under cblb_registry_lock, an RCU grace period after it stopped being marked).
+ *   under cblb_cmd_lock, an RCU grace period after it stopped being marked).
  * - c->lock (mutex) protects generation and sequence, and the maps' pointers and size
  *   against sysfs readers (a restart re-makes the maps; the handler cannot see a cbt
  *   then, it is out of the hash). Taken in process context only.
  * - c->snap (the snapshot on this origin, at most one) is protected by
- *   cblb_registry_lock; untrack is refused while it is set.
+ *   cblb_cmd_lock; untrack is refused while it is set.
  */
 #define pr_fmt(fmt) "cblb: " fmt
 
@@ -40,13 +40,20 @@
 #define CBT_MAX_BITS_SHIFT	27
 
 static DEFINE_HASHTABLE(cbt_hash, 6);	/* by gendisk; RCU, writers hold the registry lock */
-static LIST_HEAD(cbt_list);		/* Protected by cblb_registry_lock */
-static struct kobject *tracking_kobj;	/* /sys/kernel/cblb/tracking; registry lock */
+static LIST_HEAD(cbt_list);		/* Protected by cblb_cmd_lock */
+static struct kobject *tracking_kobj;	/* /sys/kernel/cblb/tracking; cblb_cmd_lock */
+static struct kobject *tracking_parent;	/* /sys/kernel/cblb, set once by cblb_cbt_init() */
+
+/* Where the tracking folder goes when the first origin is tracked. */
+void cblb_cbt_init(struct kobject *parent)
+{
+	tracking_parent = parent;
+}
 atomic_t cblb_nr_cbt = ATOMIC_INIT(0);
 
 struct cblb_cbt {
 	struct hlist_node hash_node;	/* cbt_hash (RCU) */
-	struct list_head node;		/* cbt_list (cblb_registry_lock) */
+	struct list_head node;		/* cbt_list (cblb_cmd_lock) */
 	struct kobject kobj;
 	dev_t dev;
 	struct gendisk *disk;		/* referenced, and its driver module, while tracked */
@@ -56,7 +63,7 @@ struct cblb_cbt {
 	unsigned long nbits;		/* lock for sysfs */
 	unsigned long *map[2];		/* lock for sysfs */
 	int state;			/* see above: release/acquire */
-	struct cblb_snapshot *snap;	/* Protected by cblb_registry_lock */
+	struct cblb_snapshot *snap;	/* Protected by cblb_cmd_lock */
 	struct mutex lock;
 	uuid_t generation;		/* Protected by lock */
 	u64 sequence;			/* Protected by lock */
@@ -223,7 +230,7 @@ static const struct kobj_type cbt_ktype = {
 	.default_groups = cbt_groups,
 };
 
-/* ---- life of a tracked origin: under cblb_registry_lock ---- */
+/* ---- life of a tracked origin: under cblb_cmd_lock ---- */
 
 /* Size the maps for sectors and allocate them cleared; a new generation begins. */
 static int cbt_begin(struct cblb_cbt *c, struct block_device *bdev)
@@ -273,7 +280,7 @@ static struct cblb_cbt *cbt_find(dev_t dev)
 {
 	struct cblb_cbt *c;
 
-	lockdep_assert_held(&cblb_registry_lock);
+	lockdep_assert_held(&cblb_cmd_lock);
 	list_for_each_entry(c, &cbt_list, node)
 		if (c->dev == dev)
 			return c;
@@ -297,7 +304,7 @@ static int cbt_restart(struct cblb_cbt *c, struct block_device *bdev)
 {
 	int err;
 
-	lockdep_assert_held(&cblb_registry_lock);
+	lockdep_assert_held(&cblb_cmd_lock);
 	pr_info("%s: the origin changed (size or medium); tracking restarts with a new generation\n",
 		kobject_name(&c->kobj));
 	cbt_hash_del(c);
@@ -314,7 +321,7 @@ static int cbt_restart(struct cblb_cbt *c, struct block_device *bdev)
 /* Untrack: out of the hash, and freed once no handler can see it. */
 static void cbt_destroy(struct cblb_cbt *c)
 {
-	lockdep_assert_held(&cblb_registry_lock);
+	lockdep_assert_held(&cblb_cmd_lock);
 	list_del(&c->node);
 	cbt_hash_del(c);
 	synchronize_rcu();
@@ -331,7 +338,7 @@ static bool cbt_drop_stale_name(struct block_device *bdev)
 	char name[BDEVNAME_SIZE];
 	struct cblb_cbt *c;
 
-	lockdep_assert_held(&cblb_registry_lock);
+	lockdep_assert_held(&cblb_cmd_lock);
 	snprintf(name, sizeof(name), "%pg", bdev);
 	list_for_each_entry(c, &cbt_list, node) {
 		if (c->dev != bdev->bd_dev && !c->snap && !strcmp(kobject_name(&c->kobj), name)) {
@@ -348,13 +355,13 @@ static struct cblb_cbt *cbt_get(struct block_device *bdev, int *errp)
 	struct cblb_cbt *c = cbt_find(bdev->bd_dev);
 	int err;
 
-	lockdep_assert_held(&cblb_registry_lock);
+	lockdep_assert_held(&cblb_cmd_lock);
 	if (c) {
 		*errp = cbt_same_origin(c, bdev) ? 0 : cbt_restart(c, bdev);
 		return *errp ? NULL : c;
 	}
 	if (!tracking_kobj) {
-		tracking_kobj = kobject_create_and_add("tracking", cblb_kobj);
+		tracking_kobj = kobject_create_and_add("tracking", tracking_parent);
 		if (!tracking_kobj) {
 			*errp = -ENOMEM;
 			return NULL;
@@ -404,7 +411,7 @@ int cblb_cbt_attach(struct cblb_snapshot *s)
 
 void cblb_cbt_detach(struct cblb_cbt *c)
 {
-	lockdep_assert_held(&cblb_registry_lock);
+	lockdep_assert_held(&cblb_cmd_lock);
 	if (c)
 		c->snap = NULL;
 }
@@ -417,7 +424,7 @@ int cblb_cbt_prepare(struct cblb_snapshot *s)
 	struct cblb_cbt *c = s->cbt;
 	int err = 0;
 
-	lockdep_assert_held(&cblb_registry_lock);
+	lockdep_assert_held(&cblb_cmd_lock);
 	if (!cbt_same_origin(c, s->origin.bdev))
 		err = cbt_restart(c, s->origin.bdev);
 	if (err)
@@ -432,7 +439,7 @@ void cblb_cbt_dual(struct cblb_snapshot *s)
 {
 	struct cblb_cbt *c = s->cbt;
 
-	lockdep_assert_held(&cblb_registry_lock);
+	lockdep_assert_held(&cblb_cmd_lock);
 	smp_store_release(&c->state, (c->state & 1) | CBT_DUAL);
 }
 
@@ -441,7 +448,7 @@ void cblb_cbt_flip(struct cblb_snapshot *s)
 {
 	struct cblb_cbt *c = s->cbt;
 
-	lockdep_assert_held(&cblb_registry_lock);
+	lockdep_assert_held(&cblb_cmd_lock);
 	smp_store_release(&c->state, !(c->state & 1));
 	mutex_lock(&c->lock);
 	c->sequence++;
@@ -475,7 +482,7 @@ void cblb_cbt_unflip(struct cblb_snapshot *s)
 	unsigned long *cur = c->map[c->state & 1], *old = c->map[!(c->state & 1)];
 	unsigned long w;
 
-	lockdep_assert_held(&cblb_registry_lock);
+	lockdep_assert_held(&cblb_cmd_lock);
 	for (w = 0; w < BITS_TO_LONGS(c->nbits); w++)
 		if (old[w])
 			atomic_long_or(old[w], (atomic_long_t *)&cur[w]);
@@ -524,7 +531,7 @@ int cblb_cmd_track(const char *path)
 		pr_notice_ratelimited("track: %s is not a block device (%d)\n", path, err);
 		return err;
 	}
-	mutex_lock(&cblb_registry_lock);
+	mutex_lock(&cblb_cmd_lock);
 	if (cbt_find(dev)) {
 		pr_notice_ratelimited("track: %s is tracked already\n", path);
 		err = -EEXIST;
@@ -547,7 +554,7 @@ int cblb_cmd_track(const char *path)
 	}
 	cblb_bdev_close(&h);
 out_unlock:
-	mutex_unlock(&cblb_registry_lock);
+	mutex_unlock(&cblb_cmd_lock);
 	return err;
 }
 
@@ -562,7 +569,7 @@ int cblb_cmd_untrack(const char *path)
 		pr_notice_ratelimited("untrack: %s is not a block device (%d)\n", path, err);
 		return err;
 	}
-	mutex_lock(&cblb_registry_lock);
+	mutex_lock(&cblb_cmd_lock);
 	c = cbt_find(dev);
 	if (!c) {
 		pr_notice_ratelimited("untrack: %s is not tracked\n", path);
@@ -574,7 +581,7 @@ int cblb_cmd_untrack(const char *path)
 	} else {
 		cbt_destroy(c);
 	}
-	mutex_unlock(&cblb_registry_lock);
+	mutex_unlock(&cblb_cmd_lock);
 	return err;
 }
 
@@ -583,7 +590,7 @@ void cblb_cbt_exit(void)
 {
 	struct cblb_cbt *c, *n;
 
-	lockdep_assert_held(&cblb_registry_lock);
+	lockdep_assert_held(&cblb_cmd_lock);
 	list_for_each_entry_safe(c, n, &cbt_list, node)
 		cbt_destroy(c);
 	if (tracking_kobj)

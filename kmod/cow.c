@@ -136,7 +136,7 @@ static bool chunk_taken(struct cblb_snapshot *s, u64 chunk)
 /* Is the snapshot still copying? Any context. */
 static bool cow_live(struct cblb_snapshot *s)
 {
-	return READ_ONCE(s->state) == CBLB_ACTIVE && !READ_ONCE(s->dying);
+	return cblb_snapshot_active(s) && !READ_ONCE(s->dying);
 }
 
 /*

@@ -12,9 +12,6 @@
 #define CREATE_TRACE_POINTS
 #include "cblb_trace.h"
 
-int cblb_total = 4;
-module_param_named(total, cblb_total, int, 0444);
-MODULE_PARM_DESC(total, "Most snapshot devices at once, 1..255 (default 4). Each slot costs one pointer; finding the snapshot of an origin write is hashed, so a larger N costs writes nothing.");
 
 static int __init cblb_init(void)
 {

@@ -64,7 +64,7 @@ static void overlay_origin_endio(struct bio *bio)
 	blk_status_t status = bio->bi_status;
 
 	/* as for any origin read: a snapshot that failed meanwhile no longer holds writes back */
-	if (!status && READ_ONCE(ov->snap->state) != CBLB_ACTIVE)
+	if (!status && !cblb_snapshot_active(ov->snap))
 		status = BLK_STS_IOERR;
 	if (status)
 		WRITE_ONCE(ov->status, status);

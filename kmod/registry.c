@@ -5,7 +5,7 @@
  * "start" and "startset", which make the point in time, are in start.c.
  *
  * Lock story:
- * - cblb_registry_lock (mutex) protects slots[] and serialises every command, module
+ * - cblb_cmd_lock (mutex) protects slots[] and serialises every command, module
  *   exit included. It is held across "start" (freeze, track, thaw): nothing that runs
  *   while the origin is frozen takes it.
  * - A snapshot's state changes under its state_lock; the COW worker fails snapshots
@@ -18,6 +18,7 @@
 #include <linux/ctype.h>
 #include <linux/delay.h>
 #include <linux/module.h>
+#include <linux/moduleparam.h>
 #include <linux/namei.h>
 #include <linux/slab.h>
 #include <linux/ktime.h>
@@ -25,73 +26,19 @@
 #include "cblb.h"
 #include "cblb_trace.h"
 
-DEFINE_MUTEX(cblb_registry_lock);
-static struct cblb_snapshot **slots;	/* Protected by cblb_registry_lock */
+static struct cblb_snapshot **slots;	/* Protected by cblb_cmd_lock */
 
-static const char *const state_names[] = {
-	[CBLB_CREATED] = "created",
-	[CBLB_ACTIVE] = "active",
-	[CBLB_FAILED] = "failed",
-};
+/* The size of the registry: the seed's total=N. */
+int cblb_total = 4;
+module_param_named(total, cblb_total, int, 0444);
+MODULE_PARM_DESC(total, "Most snapshot devices at once, 1..255 (default 4). Each slot costs one pointer; finding the snapshot of an origin write is hashed, so a larger N costs writes nothing.");
 
-const char *cblb_state_name(enum cblb_state state)
-{
-	return state < ARRAY_SIZE(state_names) ? state_names[state] : "unknown";
-}
-
-void cblb_set_state(struct cblb_snapshot *s, enum cblb_state new)
-{
-	enum cblb_state old;
-
-	spin_lock(&s->state_lock);
-	old = s->state;
-	WRITE_ONCE(s->state, new);
-	spin_unlock(&s->state_lock);
-	trace_cblb_state(s->name, cblb_state_name(old), cblb_state_name(new));
-}
-
-/*
- * Move an active snapshot to failed with a reason. Any context that may sleep; the first
- * reason wins. Origin writes pass untouched from now on.
- */
-void cblb_fail(struct cblb_snapshot *s, const char *fmt, ...)
-{
-	va_list ap;
-	bool first = false;
-
-	spin_lock(&s->state_lock);
-	if (s->state == CBLB_ACTIVE) {
-		va_start(ap, fmt);
-		vsnprintf(s->error, sizeof(s->error), fmt, ap);
-		va_end(ap);
-		WRITE_ONCE(s->state, CBLB_FAILED);
-		first = true;
-	}
-	spin_unlock(&s->state_lock);
-	if (first) {
-		pr_warn("%s: snapshot failed: %s\n", s->name, s->error);
-		trace_cblb_state(s->name, "active", "failed");
-	}
-}
-
-bool cblb_valid_name(const char *name)
-{
-	size_t i, n = strlen(name);
-
-	if (!n || n > CBLB_NAME_MAX || !isalnum(name[0]))
-		return false;
-	for (i = 0; i < n; i++)
-		if (!isalnum(name[i]) && !strchr("._-", name[i]))
-			return false;
-	return true;
-}
-
-/* Caller holds cblb_registry_lock. */
+/* Caller holds cblb_cmd_lock. */
 struct cblb_snapshot *cblb_find(const char *name)
 {
 	int i;
 
-	lockdep_assert_held(&cblb_registry_lock);
+	lockdep_assert_held(&cblb_cmd_lock);
 
 	for (i = 0; i < cblb_total; i++)
 		if (slots[i] && !strcmp(slots[i]->name, name))
@@ -122,13 +69,13 @@ static bool bdev_name_taken(const char *name)
 /*
  * A registered snapshot whose origin shares sectors with s's (a whole disk and one of its
  * partitions): one write would need copying for both at different offsets. Caller holds
- * cblb_registry_lock.
+ * cblb_cmd_lock.
  */
 static struct cblb_snapshot *overlapping(struct cblb_snapshot *s)
 {
 	int i;
 
-	lockdep_assert_held(&cblb_registry_lock);
+	lockdep_assert_held(&cblb_cmd_lock);
 	for (i = 0; i < cblb_total; i++) {
 		struct cblb_snapshot *o = slots[i];
 
@@ -145,14 +92,14 @@ static struct cblb_snapshot *overlapping(struct cblb_snapshot *s)
  * catalog lies on o's origin (catalog_of_s), or o's catalog lies on s's origin (!catalog_of_s),
  * directly or through a device built on it. The store's raw writes would pass the other
  * snapshot's copy-on-write, or the two COW workers would wait on each other. A walk that
- * cannot tell counts as a meeting. Caller holds cblb_registry_lock.
+ * cannot tell counts as a meeting. Caller holds cblb_cmd_lock.
  */
 struct cblb_snapshot *cblb_catalog_meets_origin(struct cblb_snapshot *s, bool catalog_of_s)
 {
 	char top[BDEVNAME_SIZE];
 	int i;
 
-	lockdep_assert_held(&cblb_registry_lock);
+	lockdep_assert_held(&cblb_cmd_lock);
 	for (i = 0; i < cblb_total; i++) {
 		struct cblb_snapshot *o = slots[i];
 		struct cblb_snapshot *origin = catalog_of_s ? o : s;
@@ -187,7 +134,7 @@ int cblb_cmd_create(const char *name, const char *origin)
 		pr_notice_ratelimited("create %s: %s is not a block device (%d)\n", name, origin, err);
 		return err;
 	}
-	mutex_lock(&cblb_registry_lock);
+	mutex_lock(&cblb_cmd_lock);
 	if (cblb_find(name) || bdev_name_taken(name)) {
 		pr_notice_ratelimited("create %s: the name is taken\n", name);
 		err = -EEXIST;
@@ -277,13 +224,13 @@ int cblb_cmd_create(const char *name, const char *origin)
 		goto fail_origin;
 	}
 	cbt = s->cbt;
-	err = cblb_sysfs_add(s);
+	err = cblb_snapsysfs_add(s);
 	if (err) {
 		cblb_cbt_detach(cbt);
 		goto fail_sysfs;	/* the kobject's release freed s */
 	}
 	slots[slot] = s;
-	mutex_unlock(&cblb_registry_lock);
+	mutex_unlock(&cblb_cmd_lock);
 	trace_cblb_state(s->name, "none", "created");
 	return 0;
 
@@ -295,17 +242,17 @@ fail_path:
 	kfree(s);
 fail_sysfs:
 out_unlock:
-	mutex_unlock(&cblb_registry_lock);
+	mutex_unlock(&cblb_cmd_lock);
 	return err;
 }
 
-/* Tear a snapshot down. Caller holds cblb_registry_lock; the disk is not open. */
+/* Tear a snapshot down. Caller holds cblb_cmd_lock; the disk is not open. */
 static void destroy(struct cblb_snapshot *s)
 {
-	lockdep_assert_held(&cblb_registry_lock);
+	lockdep_assert_held(&cblb_cmd_lock);
 	slots[s->slot] = NULL;
 	/* No sysfs reader may see what is freed below: this waits for running show()s. */
-	cblb_sysfs_hide(s);
+	cblb_snapsysfs_hide(s);
 	/* Reads of /dev/<dev> fail from here on; those already sent finish first. */
 	if (s->disk)
 		cblb_reads_close(s);
@@ -317,7 +264,7 @@ static void destroy(struct cblb_snapshot *s)
 	cblb_store_exit(&s->store);
 	cblb_bdev_close(&s->origin);
 	trace_cblb_state(s->name, cblb_state_name(s->state), "removed");
-	cblb_sysfs_del(s);	/* frees s */
+	cblb_snapsysfs_del(s);	/* frees s */
 }
 
 /*
@@ -345,7 +292,7 @@ int cblb_cmd_remove(const char *name)
 	struct cblb_snapshot *s;
 	int err = 0;
 
-	mutex_lock(&cblb_registry_lock);
+	mutex_lock(&cblb_cmd_lock);
 	s = cblb_find(name);
 	if (!s) {
 		pr_notice_ratelimited("remove %s: no such snapshot\n", name);
@@ -356,20 +303,15 @@ int cblb_cmd_remove(const char *name)
 	} else {
 		destroy(s);
 	}
-	mutex_unlock(&cblb_registry_lock);
+	mutex_unlock(&cblb_cmd_lock);
 	return err;
-}
-
-bool cblb_snapshot_active(struct cblb_snapshot *s)
-{
-	return READ_ONCE(s->state) == CBLB_ACTIVE;
 }
 
 int cblb_debug_show(char *buf)
 {
 	int i, used = 0, len;
 
-	mutex_lock(&cblb_registry_lock);
+	mutex_lock(&cblb_cmd_lock);
 	for (i = 0; i < cblb_total; i++)
 		used += !!slots[i];
 	len = sysfs_emit(buf, "cblb %s total=%d used=%d\n", CBLB_VERSION, cblb_total, used);
@@ -384,7 +326,7 @@ int cblb_debug_show(char *buf)
 				     s->store.max_files,
 				     (long long)atomic64_read(&s->cow_chunks));
 	}
-	mutex_unlock(&cblb_registry_lock);
+	mutex_unlock(&cblb_cmd_lock);
 	return len;
 }
 
@@ -400,11 +342,11 @@ void cblb_registry_exit(void)
 {
 	int i;
 
-	mutex_lock(&cblb_registry_lock);
+	mutex_lock(&cblb_cmd_lock);
 	for (i = 0; i < cblb_total; i++)
 		if (slots[i])
 			destroy(slots[i]);
 	cblb_cbt_exit();
-	mutex_unlock(&cblb_registry_lock);
+	mutex_unlock(&cblb_cmd_lock);
 	kfree(slots);
 }

@@ -69,7 +69,7 @@ static void snap_clone_endio(struct bio *bio)
 	 * A snapshot that failed while this read of the origin was in flight no longer holds
 	 * writes back: what was read may be newer than the point in time.
 	 */
-	if (origin && !status && READ_ONCE(s->state) != CBLB_ACTIVE)
+	if (origin && !status && !cblb_snapshot_active(s))
 		status = BLK_STS_IOERR;
 	if (range)
 		cblb_reads_forget(s, range);	/* before the clone (and range) is freed */
@@ -259,7 +259,7 @@ static void cblb_snap_submit_bio(struct bio *bio)
 			bio_io_error(bio);
 		return;
 	}
-	if (READ_ONCE(s->state) != CBLB_ACTIVE) {
+	if (!cblb_snapshot_active(s)) {
 		bio_io_error(bio);
 		return;
 	}
@@ -278,11 +278,6 @@ static const struct block_device_operations cblb_snap_fops = {
 	.owner = THIS_MODULE,
 	.submit_bio = cblb_snap_submit_bio_entry,
 };
-
-bool cblb_is_snapimage(struct gendisk *disk)
-{
-	return disk && disk->fops == &cblb_snap_fops;
-}
 
 int cblb_snapimage_create(struct cblb_snapshot *s)
 {

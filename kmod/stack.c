@@ -14,7 +14,7 @@
  * "unknown", which `start` refuses like a hit: never a guess that lets writes loop.
  *
  * Lock story: none. Runs in the `start` writer's process context, under
- * cblb_registry_lock, before the freeze; it opens devices read-only and reads sysfs files.
+ * cblb_cmd_lock, before the freeze; it opens devices read-only and reads sysfs files.
  */
 #define pr_fmt(fmt) "cblb: " fmt
 

@@ -13,9 +13,9 @@
  * A failure before the disks are added puts every member back in "created".
  *
  * Lock story:
- * - cblb_registry_lock is held for the whole command (commands are serialised). Nothing
+ * - cblb_cmd_lock is held for the whole command (commands are serialised). Nothing
  *   that runs while the origins are frozen takes it.
- * - cblb_gate_open only grows; it is written here under cblb_registry_lock and read by
+ * - The tracker's gate only grows; it is opened here under cblb_cmd_lock and read by
  *   the tracker (any context) with acquire semantics. A member's gate_seq is written
  *   before the member enters the hash (RCU publication orders the two).
  * - set_refused is protected by set_refused_lock (a reader must not wait for a running
@@ -30,8 +30,7 @@
 #include <linux/timekeeping.h>
 #include "cblb.h"
 
-atomic64_t cblb_gate_open = ATOMIC64_INIT(0);
-static u64 gate_seq;			/* Protected by cblb_registry_lock */
+static u64 gate_seq;			/* Protected by cblb_cmd_lock */
 static DEFINE_SPINLOCK(set_refused_lock);
 static char set_refused[2 * (CBLB_NAME_MAX + 1) + 1];	/* Protected by set_refused_lock */
 
@@ -96,7 +95,7 @@ static int drain_origin(struct cblb_snapshot *s)
 	unsigned int memflags;
 	int err = 0;
 
-	lockdep_assert_held(&cblb_registry_lock);
+	lockdep_assert_held(&cblb_cmd_lock);
 	if (!queue_is_mq(q) && drain_dm(s->origin_disk))
 		return 0;
 	memflags = cblb_freeze_queue(q);
@@ -114,7 +113,7 @@ static int drain_origin(struct cblb_snapshot *s)
 /* Undo prepare(): the member is "created" again. */
 static void unprepare(struct cblb_snapshot *s)
 {
-	lockdep_assert_held(&cblb_registry_lock);
+	lockdep_assert_held(&cblb_cmd_lock);
 	cblb_cow_exit(s);
 	mutex_lock(&s->store_mutex);
 	cblb_store_exit(&s->store);
@@ -129,7 +128,7 @@ static int prepare(struct cblb_start_member *m)
 	struct cblb_snapshot *s = m->snap, *other;
 	int err;
 
-	lockdep_assert_held(&cblb_registry_lock);
+	lockdep_assert_held(&cblb_cmd_lock);
 	if (cblb_bdev_start(s->origin.bdev) != s->origin_start ||
 	    bdev_nr_sectors(s->origin.bdev) != s->origin_sectors) {
 		pr_notice_ratelimited("start %s: %s changed place or size since create; remove and create the snapshot again\n",
@@ -170,7 +169,7 @@ fail_store:
 /* Take an active member out of the hash and back to "created" (its disk not added). */
 static void untrack(struct cblb_snapshot *s)
 {
-	lockdep_assert_held(&cblb_registry_lock);
+	lockdep_assert_held(&cblb_cmd_lock);
 	cblb_tracker_del(s);
 	s->start_time_ns = 0;
 	s->start_latency_us = 0;
@@ -191,7 +190,7 @@ static int check_members(const char *set, struct cblb_start_member *m, int n, in
 {
 	int i, j;
 
-	lockdep_assert_held(&cblb_registry_lock);
+	lockdep_assert_held(&cblb_cmd_lock);
 	for (i = 0; i < n; i++) {
 		*bad = i;
 		if (m[i].file_blocks < CBLB_MIN_FILE_BLOCKS || m[i].file_blocks > (u64)INT_MAX ||
@@ -269,7 +268,7 @@ int cblb_cmd_start_set(const char *set, struct cblb_start_member *m, int n)
 	refuse(set, NULL);
 	if (n < 1 || n > CBLB_SET_MAX)
 		return -EINVAL;
-	mutex_lock(&cblb_registry_lock);
+	mutex_lock(&cblb_cmd_lock);
 	err = check_members(set ? set : "", m, n, &bad);
 	if (err)
 		goto fail_check;
@@ -316,7 +315,7 @@ int cblb_cmd_start_set(const char *set, struct cblb_start_member *m, int n)
 		cblb_tracker_add(s);
 		cblb_cbt_dual(s);
 	}
-	atomic64_set_release(&cblb_gate_open, seq);
+	cblb_tracker_open_gate(seq);
 	for (i = 0; i < n; i++)
 		cblb_cbt_flip(m[i].snap);
 	now = ktime_get_real_ns();
@@ -355,7 +354,7 @@ int cblb_cmd_start_set(const char *set, struct cblb_start_member *m, int n)
 	}
 	for (i = 0; i < n; i++)
 		cblb_store_started(&m[i].snap->store);
-	mutex_unlock(&cblb_registry_lock);
+	mutex_unlock(&cblb_cmd_lock);
 	return 0;
 
 fail_disk:
@@ -386,7 +385,7 @@ fail_prepare:
 fail_check:
 	refuse(set, m[bad].name);
 out_unlock:
-	mutex_unlock(&cblb_registry_lock);
+	mutex_unlock(&cblb_cmd_lock);
 	return err;
 }
 

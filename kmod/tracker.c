@@ -16,7 +16,7 @@
  * Lock story:
  * - cblb_tracked (hash by gendisk) is RCU: the handler and cblb_origin_submit_bio()
  *   look it up under rcu_read_lock();
- *   writers hold cblb_registry_lock and call synchronize_rcu() after deleting.
+ *   writers hold cblb_cmd_lock and call synchronize_rcu() after deleting.
  * - cblb_redirected counts tasks that were sent to cblb_origin_submit_bio() and have not
  *   left it; module exit waits for zero after unregistering the hook, then for an RCU
  *   tasks grace period (no task left on the module's last instructions).
@@ -25,7 +25,7 @@
  *   snapshot or not; the module's own store writes (end_io cblb_cow_endio) and the
  *   bios it passes on itself are not marked.
  * - A snapshot in the hash is tracked only once its start has opened the gate
- *   (cblb_gate_open >= s->gate_seq, start.c): the members of a set enter the hash one by
+ *   (gate_open >= s->gate_seq, opened by start.c): the members of a set enter the hash one by
  *   one and become tracked at one instant, the store that opens the gate.
  * - cblb_split_bs gives the pieces of a write cut at an origin's edge; cblb_splits counts
  *   those not yet ended. Module exit waits for zero (wake-ups on cblb_redirect_wq), then
@@ -42,6 +42,15 @@
 #include <linux/module.h>
 #include <linux/rculist.h>
 #include "cblb.h"
+
+static atomic64_t gate_open = ATOMIC64_INIT(0);	/* only grows; written under cblb_cmd_lock */
+
+/* Open the gate up to seq: every snapshot in the hash whose gate_seq <= seq is tracked. */
+void cblb_tracker_open_gate(u64 seq)
+{
+	lockdep_assert_held(&cblb_cmd_lock);
+	atomic64_set_release(&gate_open, seq);
+}
 
 static DEFINE_HASHTABLE(cblb_tracked, 8);
 static atomic_t cblb_nr_tracked = ATOMIC_INIT(0);
@@ -90,23 +99,13 @@ static struct cblb_snapshot *tracker_find(struct bio *bio, sector_t *rel, sector
 			*cut = ostart - start;
 		if (oend < end && (!*cut || oend - start < *cut))
 			*cut = oend - start;
-		if (found || atomic64_read_acquire(&cblb_gate_open) < s->gate_seq)
+		if (found || atomic64_read_acquire(&gate_open) < s->gate_seq)
 			continue;	/* its start has not reached the point in time */
 		*rel = max(start, ostart) - ostart;
 		*len = min(end, oend) - max(start, ostart);
 		found = s;
 	}
 	return found;
-}
-
-/*
- * Pass a bio on to the block layer. Never a tail call: the hook tells these calls
- * from all others by their return address, which must lie inside this module.
- */
-noinline void cblb_pass_bio(struct bio *bio)
-{
-	submit_bio_noacct(bio);
-	barrier();
 }
 
 /*
@@ -253,19 +252,19 @@ static struct ftrace_ops cblb_ftrace_ops = {
 	.flags = FTRACE_OPS_FL_SAVE_REGS | FTRACE_OPS_FL_IPMODIFY | FTRACE_OPS_FL_PERMANENT,
 };
 
-/* Caller holds cblb_registry_lock. */
+/* Caller holds cblb_cmd_lock. */
 void cblb_tracker_add(struct cblb_snapshot *s)
 {
-	lockdep_assert_held(&cblb_registry_lock);
+	lockdep_assert_held(&cblb_cmd_lock);
 	hash_add_rcu(cblb_tracked, &s->hash_node, (unsigned long)s->origin_disk);
 	s->tracked = true;
 	atomic_inc(&cblb_nr_tracked);
 }
 
-/* Caller holds cblb_registry_lock. On return no new bio can reach the snapshot. */
+/* Caller holds cblb_cmd_lock. On return no new bio can reach the snapshot. */
 void cblb_tracker_del(struct cblb_snapshot *s)
 {
-	lockdep_assert_held(&cblb_registry_lock);
+	lockdep_assert_held(&cblb_cmd_lock);
 	if (!s->tracked)
 		return;
 	hash_del_rcu(&s->hash_node);
