@@ -413,8 +413,8 @@ def login() -> BaseResponse:
         return _too_many()
     if not token_ok(request.form.get("token", "").strip()):
         audit("login-failed")
-        return _login_page("That is not the access token. It was printed when `cblb web` "
-                           "first started and is stored in its token file (root only).")
+        return _login_page("That is not the access token. It was printed when the page's "
+                           "server first started and is kept in its token file (root only).")
     _throttle().give_back()
     _end_session()                       # a fresh session id: nothing from before the login
     session[SESSION_FLAG] = _flag(_token())
