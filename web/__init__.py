@@ -20,7 +20,9 @@ Threat model (README, "The web page"): a local user reaches the port but not the
 memory, cookie ``cblb_session_PORT`` HttpOnly/SameSite=Strict), not a folder the page uses
 (web/policy.py: every folder from / owned by root, no symlinks), not the other loopback
 address (both are bound); they can guess tokens at one a second. A network user gets the
-same over plain HTTP (no TLS here yet: use a TLS proxy or SSH tunnel). A cookie thief can
+same, with TLS on every bind that is not loopback (web/tls.py: the administrator's
+certificate or a self-signed one; ``--no-tls`` warns) or behind a trusted TLS proxy
+(web/proxy.py). A cookie thief can
 act as the administrator until that session ends (logout, token rotation, idle timeout,
 8 hours), never learn the token or keep the session past its end.
 

@@ -4,7 +4,12 @@ The page runs as root, so on every address, loopback included, it asks for the a
 generated on first start into the token file (mode 0600, root only) and printed that once.
 ``--rotate-token`` replaces it; a running server takes the new one at its next request and
 every session logged in with the old one must log in again. Bound to loopback (the default,
-127.0.0.1:8470) it also answers only to loopback Host names.
+127.0.0.1:8470) it also answers only to loopback Host names (and ``--allowed-host`` ones).
+
+On any other bind it serves HTTPS (web/tls.py): ``--tls-cert/--tls-key``, or a self-signed
+certificate made at first start in ``--tls-dir`` (default /etc/cblb/web-tls); ``--no-tls``
+serves plain HTTP and warns. Behind a TLS reverse proxy, ``--trusted-proxy ADDR`` makes
+that proxy's X-Forwarded-For/-Proto/-Host count (web/proxy.py).
 """
 
 from __future__ import annotations

@@ -214,3 +214,23 @@ def test_bad_proxy_flags_are_usage(argv, capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["web", *argv])
     assert e.value.code == 2
+
+
+def test_readme_web_section_covers_every_cblb_web_option():
+    """README's web section names each `cblb web` option, the TLS and proxy ones included,
+    and its threat model says what TLS protects."""
+    import argparse
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("## The web page", 1)[1].split("\n## ", 1)[0]
+    p = argparse.ArgumentParser()
+    web_cmd.register(p.add_subparsers())
+    web = p._subparsers._group_actions[0].choices["web"]
+    flags = [o for a in web._actions for o in a.option_strings
+             if o.startswith("--") and o not in ("--help", "--json", "--bind", "--threads",
+                                                 "--catalog", "--standin")]
+    missing = [f for f in flags if f not in section]
+    assert not missing, missing
+    model = section.split("**Threat model.**", 1)[1]
+    assert "plain HTTP only" not in model and "fingerprint" in model and "Secure" in model
