@@ -33,7 +33,6 @@ from hashlib import sha256
 from pathlib import Path
 from typing import Any
 
-DEFAULT_TLS_DIR = Path("/etc/cblb/web-tls")
 CERT_DAYS = 365
 HANDSHAKE_TIMEOUT = 10.0
 

@@ -28,7 +28,7 @@ from ..errors import CblbError
 from ..output import emit_json
 
 DEFAULT_PORT = 8470
-DEFAULT_TLS_DIR = "/etc/cblb/web-tls"    # (web.tls.DEFAULT_TLS_DIR; not imported at start)
+DEFAULT_TLS_DIR = "/etc/cblb/web-tls"    # the self-signed certificate (web/tls.py)
 
 
 def bind_arg(text: str) -> tuple[str, int]:
