@@ -175,7 +175,9 @@ class Snapshot:
             raise CblbError(f"{self.name} is not mounted", E.EINVAL)
         if action == "remove" and not self.can_remove:
             raise CblbError(f"{self.name} is mounted at {self.mountpoint}: unmount it first "
-                            f"(cblb umount {self.name})", E.EBUSY)
+                            f"(cblb umount {self.name})", E.EBUSY,
+                            page=f"{self.name} is mounted at {self.mountpoint}: unmount it "
+                                 "first")
         if action not in ACTIONS:
             raise ValueError(f"unknown action {action!r}")
 
@@ -455,7 +457,9 @@ class Controller:
     def require_loaded(self) -> None:
         if not self.loaded():
             raise CblbError("the cblb module is not loaded; run 'cblb load' (or "
-                            "insmod cblb_module.ko total=N) first", E.ENODEV)
+                            "insmod cblb_module.ko total=N) first", E.ENODEV,
+                            page="the cblb module is not loaded: load it first (Load the "
+                                 "module, under Lifecycle)")
 
     def total(self) -> int:
         p = self.system.module_sysfs / "parameters" / "total"
@@ -497,7 +501,9 @@ class Controller:
             if cur == total:
                 return False
             raise CblbError(f"the module is already loaded with total={cur}; "
-                            "'cblb unload' first to change it", E.EEXIST)
+                            "'cblb unload' first to change it", E.EEXIST,
+                            page=f"the module is already loaded with total={cur}; unload it "
+                                 "first to change it")
         ko = ko or self.find_module()
         r = _run(self.system, ["insmod", str(ko), f"total={total}"], "load")
         if r.returncode != 0:
@@ -511,7 +517,8 @@ class Controller:
         snaps = self.snapshots()
         if snaps:
             names = ", ".join(s.name for s in snaps)
-            raise CblbError(f"snapshots still exist ({names}); 'cblb remove' them first", E.EBUSY)
+            raise CblbError(f"snapshots still exist ({names}); 'cblb remove' them first", E.EBUSY,
+                            page=f"snapshots still exist ({names}); remove them first")
         r = _run(self.system, ["rmmod", MODULE_NAME], "unload")
         if r.returncode != 0:
             raise CblbError(f"rmmod {MODULE_NAME} failed: {r.stderr.strip()}", E.EBUSY)
@@ -529,7 +536,8 @@ class Controller:
         if not (d / "state").exists():
             self.require_loaded()
             raise CblbError(f"no snapshot named {name}; 'cblb list' shows the existing ones",
-                            E.ENOENT)
+                            E.ENOENT, page=f"no snapshot named {name}; the devices table "
+                                           "shows the existing ones")
         return self._read(d)
 
     def snapshots(self) -> list[Snapshot]:
@@ -697,7 +705,8 @@ class Controller:
         return ""
 
     # ---- commands ---------------------------------------------------------------
-    def _cmd(self, line: str, explain: dict[int, str]) -> None:
+    def _cmd(self, line: str, explain: dict[int, str],
+             page: dict[int, str] | None = None) -> None:
         self.require_loaded()
         try:
             self.system.write_command(line)
@@ -706,7 +715,7 @@ class Controller:
                             E.EACCES) from None
         except OSError as e:
             msg = explain.get(e.errno or 0) or f"the module refused '{line}': {os.strerror(e.errno or 0)}"
-            raise CblbError(msg, e.errno or 0) from None
+            raise CblbError(msg, e.errno or 0, (page or {}).get(e.errno or 0)) from None
 
     def create(self, name: str, origin: str) -> Snapshot:
         """create <name> <origin> begin end; the origin goes to the module as its device node
@@ -718,7 +727,9 @@ class Controller:
         for s in self.snapshots():
             if s.name == name:
                 raise CblbError(f"a snapshot named {name} already exists (of {s.origin}); "
-                                "choose another name or 'cblb remove' it", E.EEXIST)
+                                "choose another name or 'cblb remove' it", E.EEXIST,
+                                page=f"a snapshot named {name} already exists (of "
+                                     f"{s.origin}); choose another name or remove it")
             if s.origin_dev == devnum(st):
                 raise CblbError(f"{origin} already has a snapshot ({s.name}); "
                                 "one snapshot per origin", E.EBUSY)
@@ -734,6 +745,9 @@ class Controller:
             E.EPERM: "writing /sys/kernel/cblb/cmd needs CAP_SYS_ADMIN",
             E.ENOSPC: f"all {self.total()} snapshot slots are used; remove a snapshot or "
                       "reload the module with a larger total (cblb unload; cblb load --total N)",
+        }, page={
+            E.ENOSPC: f"all {self.total()} snapshot slots are used; remove a snapshot, or "
+                      "unload the module and load it with a larger total",
         })
         return self.snapshot(name)
 
@@ -894,7 +908,8 @@ class Controller:
             if s.mountpoint and self.system.resolve(s.mountpoint) == real:
                 return s
         raise CblbError(f"{name_or_dir} is not a cblb snapshot's mount ('cblb list' shows "
-                        "them); use umount(8) for other mounts", E.EINVAL)
+                        "them); use umount(8) for other mounts", E.EINVAL,
+                        page=f"{name_or_dir} is not mounted")
 
     def umount(self, name_or_dir: str) -> str:
         """umount the snapshot named ``name_or_dir`` or mounted there; returns the folder."""

@@ -121,12 +121,16 @@ def check_set_name_free(ctl: Controller, set_name: str) -> None:
     """A set's name must name nothing else, so that 'cblb release NAME' means one thing."""
     if any(s.name == set_name for s in ctl.snapshots()):
         raise CblbError(f"a snapshot is named {set_name}; give the set another name (--set NAME)",
-                        E.EEXIST)
+                        E.EEXIST, page=f"a snapshot is named {set_name}; give the set "
+                                       "another name")
     members = set_members(ctl, set_name)
     if members:
         raise CblbError(f"a set named {set_name} exists already ("
                         f"{', '.join(s.name for s in members)}); give another name (--set NAME) "
-                        f"or release it first (cblb release {set_name})", E.EEXIST)
+                        f"or release it first (cblb release {set_name})", E.EEXIST,
+                        page=f"a set named {set_name} exists already ("
+                             f"{', '.join(s.name for s in members)}); give the set another "
+                             "name, or remove those snapshots first")
 
 
 @dataclass

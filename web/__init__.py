@@ -20,7 +20,9 @@ Threat model (README, "The web page"): a local user reaches the port but not the
 memory, cookie ``cblb_session_PORT`` HttpOnly/SameSite=Strict), not a folder the page uses
 (web/policy.py: every folder from / owned by root, no symlinks), not the other loopback
 address (both are bound); they can guess tokens at one a second. A network user gets the
-same over plain HTTP (no TLS here yet: use a TLS proxy or SSH tunnel). A cookie thief can
+same, with TLS on every bind that is not loopback (web/tls.py: the administrator's
+certificate or a self-signed one; ``--no-tls`` warns) or behind a trusted TLS proxy
+(web/proxy.py). A cookie thief can
 act as the administrator until that session ends (logout, token rotation, idle timeout,
 8 hours), never learn the token or keep the session past its end.
 
@@ -29,7 +31,9 @@ Settings for the page (``create_app({...})``, set by ``cblb web`` from its optio
 - ``CBLB_TOKEN`` or ``CBLB_TOKEN_FILE``: the access token, or the file holding it (read
   again whenever it changes); one of them is required
 - ``CBLB_CHECK_HOST``: answer only to loopback Host names (``cblb web`` sets it when bound
-  to loopback); ``CBLB_ALLOWED_HOSTS`` adds names
+  to loopback, or given ``--allowed-host``); ``CBLB_ALLOWED_HOSTS`` adds names
+- ``CBLB_TRUSTED_PROXIES``: the reverse proxies whose ``X-Forwarded-For/-Proto/-Host`` the
+  page believes (web/proxy.py); from anyone else those headers are dropped
 - ``CBLB_CATALOG_ROOTS``: the folders temp files may go in (default /var/lib/cblb)
 - ``CBLB_MOUNT_ROOTS``: the folders snapshots may be mounted under
 """
@@ -67,6 +71,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         CBLB_TOKEN_FILE=None,          # the file holding it (re-read when it changes)
         CBLB_CHECK_HOST=True,          # bound to loopback: refuse other Host names
         CBLB_ALLOWED_HOSTS=(),         # extra Host names accepted then
+        CBLB_TRUSTED_PROXIES=(),       # addresses/networks whose X-Forwarded-* count
         CBLB_HISTORY_INTERVAL=2.0,     # seconds between samples for the charts
         CBLB_HISTORY_POINTS=900,       # samples kept per series (30 min at 2 s)
         CBLB_SSE_INTERVAL=2.0,         # seconds between live updates
@@ -94,6 +99,10 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.extensions["cblb_sessions"] = SessionStore(float(cfg["CBLB_IDLE_TIMEOUT"]),
                                                    float(cfg["CBLB_SESSION_LIFETIME"]))
     app.session_interface = ServerSessionInterface()
+    from .proxy import TrustedProxies
+
+    app.wsgi_app = TrustedProxies(app.wsgi_app,   # type: ignore[method-assign]
+                                  cfg["CBLB_TRUSTED_PROXIES"])
     app.extensions["cblb_login_throttle"] = LoginThrottle(int(cfg["CBLB_LOGIN_BURST"]),
                                                           float(cfg["CBLB_LOGIN_INTERVAL"]))
 

@@ -345,9 +345,11 @@ def guard() -> BaseResponse | None:
     if cfg["CBLB_CHECK_HOST"]:
         # Bound to loopback: refuse a foreign Host (DNS rebinding) before anything else.
         hostname = urlsplit("//" + request.host).hostname or ""
-        if not is_loopback(hostname) and hostname not in cfg["CBLB_ALLOWED_HOSTS"]:
-            abort(400, description=f"unexpected Host {request.host!r}: this page answers to "
-                                   "127.0.0.1 or localhost only")
+        allowed = {h.lower().strip("[]") for h in cfg["CBLB_ALLOWED_HOSTS"]}
+        if not is_loopback(hostname) and hostname.strip("[]") not in allowed:
+            names = ", ".join(["127.0.0.1", "localhost", *sorted(allowed)])
+            abort(400, description=f"unexpected Host {request.host[:100]!r}: this page "
+                                   f"answers to {names} only")
     if request.method in UNSAFE_METHODS:
         origin = request.headers.get("Origin")
         if origin and origin != "null" and urlsplit(origin).netloc != request.host:
@@ -411,8 +413,8 @@ def login() -> BaseResponse:
         return _too_many()
     if not token_ok(request.form.get("token", "").strip()):
         audit("login-failed")
-        return _login_page("That is not the access token. It was printed when `cblb web` "
-                           "first started and is stored in its token file (root only).")
+        return _login_page("That is not the access token. It was printed when the page's "
+                           "server first started and is kept in its token file (root only).")
     _throttle().give_back()
     _end_session()                       # a fresh session id: nothing from before the login
     session[SESSION_FLAG] = _flag(_token())

@@ -86,7 +86,7 @@ class History:
             self.last_error = ""
         except (CblbError, OSError) as e:
             snaps = []
-            self.last_error = str(e)
+            self.last_error = e.for_page() if isinstance(e, CblbError) else str(e)
         with self.lock:
             self.origin_devs = [s.origin_dev for s in snaps]
             alive = set()

@@ -125,8 +125,8 @@ def check_catalog_dir(path: str, roots: Sequence[str], what: str = "catalog") ->
     norm = _lexical(path, what)
     if _root_of(norm, roots, False) is None:
         raise CblbError(f"catalog {_short(norm)} is not in {', '.join(roots)}: the page keeps "
-                        "temp files only there (an administrator adds folders with "
-                        "cblb web --catalog-root)", E.EPERM)
+                        "temp files only there (the administrator who started the page "
+                        "chooses those folders)", E.EPERM)
     try:
         os.close(open_trusted_dir(norm))
     except CblbError as e:

@@ -4,7 +4,12 @@ The page runs as root, so on every address, loopback included, it asks for the a
 generated on first start into the token file (mode 0600, root only) and printed that once.
 ``--rotate-token`` replaces it; a running server takes the new one at its next request and
 every session logged in with the old one must log in again. Bound to loopback (the default,
-127.0.0.1:8470) it also answers only to loopback Host names.
+127.0.0.1:8470) it also answers only to loopback Host names (and ``--allowed-host`` ones).
+
+On any other bind it serves HTTPS (web/tls.py): ``--tls-cert/--tls-key``, or a self-signed
+certificate made at first start in ``--tls-dir`` (default /etc/cblb/web-tls); ``--no-tls``
+serves plain HTTP and warns. Behind a TLS reverse proxy, ``--trusted-proxy ADDR`` makes
+that proxy's X-Forwarded-For/-Proto/-Host count (web/proxy.py).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import errno as E
 import ipaddress
 import os
 import socket
+import ssl
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,6 +28,7 @@ from ..errors import CblbError
 from ..output import emit_json
 
 DEFAULT_PORT = 8470
+DEFAULT_TLS_DIR = "/etc/cblb/web-tls"    # the self-signed certificate (web/tls.py)
 
 
 def bind_arg(text: str) -> tuple[str, int]:
@@ -60,6 +67,38 @@ def parse_bind(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def host_name_arg(text: str) -> str:
+    """--allowed-host's type: a host name or address, without a port or path (exit 2)."""
+    name = text.strip().lower()
+    bare = name.strip("[]")
+    ok = bool(bare) and all(c.isalnum() or c in "-._:" for c in bare) and (
+        ":" not in bare or _is_ip(bare))
+    if not ok:
+        raise argparse.ArgumentTypeError(f"--allowed-host {text[:60]!r}: give a host name "
+                                         "(cblb.example.com) or an address, without a port")
+    return bare
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+        return True
+    except ValueError:
+        return False
+
+
+def proxy_arg(text: str) -> str:
+    """--trusted-proxy's type: an address or network (exit 2 otherwise)."""
+    from web.proxy import proxy_network
+
+    try:
+        return str(proxy_network(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--trusted-proxy {text[:60]!r}: give the proxy's "
+                                         "address (127.0.0.1, 10.0.0.5) or a network "
+                                         "(10.0.0.0/24)") from None
+
+
 def threads_arg(text: str) -> int:
     """--threads' type: 1..256; 0 would start a server that never answers (exit 2)."""
     try:
@@ -83,12 +122,12 @@ def minutes_arg(text: str) -> float:
     return v
 
 
-def _url(host: str, port: int) -> str:
+def _url(host: str, port: int, scheme: str = "http") -> str:
     """The address to open in a browser on this machine for a server bound to ``host``."""
     shown = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
     if ":" in shown:
         shown = f"[{shown}]"
-    return f"http://{shown}:{port}/"
+    return f"{scheme}://{shown}:{port}/"
 
 
 CHANNEL_TIMEOUT = 15      # seconds a connection may sit idle or half-sent before it is closed
@@ -146,17 +185,27 @@ def bind_sockets(addrs: list[tuple[str, int]]) -> list[socket.socket]:
 
 
 def make_server(app: Any, socks: list[socket.socket], threads: int,
-                channel_timeout: float = CHANNEL_TIMEOUT) -> Any:
+                channel_timeout: float = CHANNEL_TIMEOUT, tls: ssl.SSLContext | None = None) -> Any:
     """The waitress server on already-bound sockets. Waitress reads each request whole
     before a thread takes it, and closes a connection idle or half-sent for
     ``channel_timeout`` seconds, so slow clients hold no thread and cannot lock the
-    administrator out; each open page's live stream holds one thread."""
+    administrator out; each open page's live stream holds one thread.
+
+    With ``tls`` (waitress has no TLS) the sockets get web.tls.TLSFront: the handshake in a
+    thread per connection, bounded in time, and waitress behind it on an internal port."""
     from waitress.server import create_server
 
-    return create_server(app, sockets=socks, threads=threads, ident="cblb",
-                         channel_timeout=channel_timeout, connection_limit=CONNECTION_LIMIT,
-                         cleanup_interval=max(1, min(30, int(channel_timeout))),
-                         clear_untrusted_proxy_headers=True)
+    def waitress(wsgi: Any, on: list[socket.socket]) -> Any:
+        return create_server(wsgi, sockets=on, threads=threads, ident="cblb",
+                             channel_timeout=channel_timeout, connection_limit=CONNECTION_LIMIT,
+                             cleanup_interval=max(1, min(30, int(channel_timeout))),
+                             clear_untrusted_proxy_headers=True)
+
+    if tls is None:
+        return waitress(app, socks)
+    from web.tls import tls_server
+
+    return tls_server(app, socks, tls, waitress, channel_timeout, CONNECTION_LIMIT)
 
 
 SYSLOG = "/dev/log"
@@ -226,6 +275,48 @@ def _rotate(args: argparse.Namespace) -> int:
     return 0
 
 
+PLAIN_WARNING = ("cblb web: warning: plain HTTP on an address other machines reach: the "
+                 "access token and the session cookie cross the network readable; drop "
+                 "--no-tls (a self-signed certificate is made), give --tls-cert/--tls-key, "
+                 "or bind to loopback behind a TLS proxy (--trusted-proxy)")
+
+
+def tls_setup(args: argparse.Namespace, host: str) -> tuple[ssl.SSLContext | None, list[str]]:
+    """The TLS context for this start, and the banner lines about it: the administrator's
+    certificate; else, on a bind that is not loopback and without --no-tls, the self-signed
+    one in --tls-dir (made on first start); else none (plain HTTP)."""
+    from web.auth import is_loopback
+    from web.tls import (
+        TLSSetupError,
+        default_names,
+        ensure_self_signed,
+        fingerprint,
+        server_context,
+    )
+
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise CblbError("--tls-cert and --tls-key go together: give both", E.EINVAL)
+    if args.tls_cert and args.no_tls:
+        raise CblbError("--no-tls and --tls-cert contradict each other: give one", E.EINVAL)
+    try:
+        if args.tls_cert:
+            cert, key = Path(args.tls_cert), Path(args.tls_key)
+            ctx = server_context(cert, key)
+            return ctx, [f"TLS with {cert} (SHA-256 {fingerprint(cert)})"]
+        if args.no_tls or is_loopback(host):
+            return None, []
+        folder = Path(args.tls_dir or DEFAULT_TLS_DIR)
+        cert, key, made = ensure_self_signed(folder, default_names(host))
+        ctx = server_context(cert, key)
+    except (OSError, ValueError, TLSSetupError) as e:
+        why = getattr(e, "strerror", None) or str(e)
+        raise CblbError(f"cannot set up TLS: {why}", getattr(e, "errno", None) or E.EACCES) \
+            from None
+    return ctx, [f"TLS with a self-signed certificate ({'made now, ' if made else ''}{cert}); "
+                 "browsers warn until it is accepted: check that they show SHA-256 "
+                 f"{fingerprint(cert)}", "  (your own certificate: --tls-cert FILE --tls-key FILE)"]
+
+
 def _web(args: argparse.Namespace, ctl: Any) -> int:
     if args.rotate_token:
         return _rotate(args)
@@ -238,8 +329,11 @@ def _web(args: argparse.Namespace, ctl: Any) -> int:
         token, created = ensure_token(path)
     except (OSError, ValueError) as e:
         raise CblbError(f"cannot use the token file {path}: {e}", E.EACCES) from None
+    tls, tls_lines = tls_setup(args, host)
     config: dict[str, Any] = {"CBLB_CONTROLLER": ctl, "CBLB_TOKEN_FILE": path,
-                              "CBLB_CHECK_HOST": is_loopback(host),
+                              "CBLB_CHECK_HOST": is_loopback(host) or bool(args.allowed_host),
+                              "CBLB_ALLOWED_HOSTS": tuple(args.allowed_host or ()),
+                              "CBLB_TRUSTED_PROXIES": tuple(args.trusted_proxy or ()),
                               "CBLB_IDLE_TIMEOUT": args.idle_timeout * 60}
     metrics_created = ""
     if args.metrics_token_file:
@@ -266,10 +360,14 @@ def _web(args: argparse.Namespace, ctl: Any) -> int:
     except CblbError:
         app.extensions["cblb_history"].stop()
         raise
-    server = make_server(app, socks, args.threads)
+    server = make_server(app, socks, args.threads, tls=tls)
     where = " and ".join(_show(h, p) for h, p in addrs)
-    print(f"cblb web: serving {_url(host, port)} (listening on {where})"
-          + (" (demo: fake module, no kernel)" if args.standin else ""))
+    print(f"cblb web: serving {_url(host, port, 'https' if tls else 'http')} (listening on "
+          f"{where})" + (" (demo: fake module, no kernel)" if args.standin else ""))
+    for line in tls_lines:
+        print(line)
+    if tls is None and not is_loopback(host):
+        print(PLAIN_WARNING, file=sys.stderr)
     if created:
         print(f"log in with this access token (shown this once; stored in {path}, mode 0600):\n"
               f"  {token}")
@@ -318,6 +416,21 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="a session ends after this long without a request (default 15)")
     p.add_argument("--threads", type=threads_arg, default=16,
                    help="server threads (each open page holds one; default 16)")
+    p.add_argument("--tls-cert", metavar="FILE",
+                   help="serve HTTPS with this certificate (PEM; with --tls-key)")
+    p.add_argument("--tls-key", metavar="FILE",
+                   help="the certificate's private key (PEM, root's alone)")
+    p.add_argument("--tls-dir", metavar="DIR",
+                   help="where the self-signed certificate made for a bind that is not "
+                        f"loopback is kept (default {DEFAULT_TLS_DIR}, mode 0700)")
+    p.add_argument("--no-tls", action="store_true",
+                   help="plain HTTP even on a bind that is not loopback (warns)")
+    p.add_argument("--allowed-host", metavar="NAME", action="append", type=host_name_arg,
+                   help="a host name the page answers to (repeat), besides the loopback "
+                        "names: the name a reverse proxy or browser uses")
+    p.add_argument("--trusted-proxy", metavar="ADDR", action="append", type=proxy_arg,
+                   help="a reverse proxy (address or network, repeat) whose X-Forwarded-For, "
+                        "-Proto and -Host the page believes; from others they are ignored")
     p.add_argument("--standin", action="store_true",
                    help="demo: the real control library over a fake module in a temporary "
                         "folder, no kernel (to look at the page)")

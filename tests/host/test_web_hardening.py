@@ -8,6 +8,7 @@ Like tests/host/test_web.py: the real Controller over cblb.fake.FakeSystem, the 
 from __future__ import annotations
 
 import os
+import re
 import socket
 import stat
 import time
@@ -18,6 +19,7 @@ from test_web import HX, TOKEN, free_port, logged_in, make_active, make_app, rec
 from cblb import cli
 from cblb.commands import web as web_cmd
 from cblb.control import Controller
+from cblb.errors import CblbError
 from cblb.fake import FakeSystem
 
 
@@ -582,3 +584,73 @@ def test_narrow_screen_css(client):
     css = client.get("/static/cblb.css").get_data(as_text=True)
     assert "minmax(min(560px, 100%), 1fr)" in css and ".scroll { overflow-x: auto; }" in css
     assert "label.check { flex-direction: row" in css
+
+
+# ---- wording: refusals on the page name the page's steps, not CLI commands -----------------------
+CLI_HINT = re.compile(r"\bcblb\s+(?:load|unload|remove|umount|mount|list|status|release|web|"
+                      r"start|create|snapshot|backup)\b|(?<![\w-])--[a-z]")
+
+
+def alerts(resp) -> list[str]:
+    return [re.sub(r"<[^>]+>", "", m) for m in
+            re.findall(r'<p class="error" role="alert"[^>]*>(.*?)</p>', text(resp), re.S)]
+
+
+def test_page_refusals_suggest_no_cli_commands(app, client, ctl, fake, catalog, tmp_path):
+    from test_web import post
+
+    make_active(ctl, catalog)
+    ctl.mount("shadow", str(tmp_path / "mnt" / "s"))
+    ctl.create("other", "/dev/vdb2")
+    cases = {
+        "remove while mounted": ("/snapshots/shadow/remove", {"confirm": "shadow"},
+                                 "unmount it first"),
+        "load again, another total": ("/module/load", {"total": "3"}, "unload it first"),
+        "unload with snapshots": ("/module/unload", {"confirm": "unload"}, "remove them first"),
+        "a taken name": ("/snapshots", {"name": "shadow", "origin": "/dev/loop0"}, "remove it"),
+        "no such snapshot": ("/snapshots/nosuch/start", {"catalog": str(catalog),
+                                                         "file_mib": "1", "max_files": "1"},
+                             "devices table"),
+        "umount what is not mounted": ("/snapshots/other/umount", {}, "not mounted"),
+        "a catalog elsewhere": ("/snapshots/other/start", {"catalog": "/etc", "file_mib": "1",
+                                                           "max_files": "1"}, "administrator"),
+        "a set named as a snapshot": ("/sets", {"member": "other", "set_name": "shadow",
+                                                "catalog": str(catalog), "file_mib": "1",
+                                                "max_files": "1"}, "another name"),
+    }
+    for what, (url, data, said) in cases.items():
+        for htmx_ in (True, False):
+            r = post(client, url, data, htmx=htmx_)
+            shown = alerts(r)
+            assert r.status_code == 422 and shown, what
+            assert any(said in a for a in shown), (what, shown)
+            assert not any(CLI_HINT.search(a) for a in shown), (what, shown)
+    (fake.module_sysfs / "parameters" / "total").write_text("2\n")   # all used: shadow, other
+    r = post(client, "/snapshots", {"name": "third", "origin": "/dev/loop0"}, htmx=True)
+    shown = alerts(r)
+    assert r.status_code == 422 and any("slots are used" in a for a in shown), shown
+    assert not any(CLI_HINT.search(a) for a in shown), shown
+    # the module not loaded
+    ctl.umount("shadow")
+    for s in ctl.snapshots():
+        ctl.remove(s.name)
+    ctl.unload()
+    r = post(client, "/snapshots", {"name": "late", "origin": "/dev/vdb1"}, htmx=True)
+    shown = alerts(r)
+    assert r.status_code == 422 and any("load it first" in a for a in shown), shown
+    assert not any(CLI_HINT.search(a) for a in shown), shown
+
+
+def test_the_cli_keeps_its_own_wording(ctl, catalog, capsys):
+    make_active(ctl, catalog)
+    with pytest.raises(CblbError) as e:
+        ctl.remove("nosuch")
+    assert "'cblb list'" in str(e.value) and "devices table" in e.value.for_page()
+
+
+def test_a_wrong_token_on_the_login_page_names_no_command(app):
+    from test_web import login
+
+    r = login(app.test_client(), token="wrong-token-0123456789")
+    assert r.status_code == 401 and "not the access token" in text(r)
+    assert not CLI_HINT.search(text(r).split("not the access token")[1].split("</p>")[0])

@@ -36,7 +36,9 @@ def module_status() -> tuple[ModuleStatus, str]:
     """(status, error): the page still renders when reading the module fails."""
     try:
         return controller().status(), ""
-    except (CblbError, OSError, ValueError) as e:
+    except CblbError as e:
+        return ModuleStatus(loaded=False), e.for_page()
+    except (OSError, ValueError) as e:
         return ModuleStatus(loaded=False), str(e)
 
 

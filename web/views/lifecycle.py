@@ -142,7 +142,7 @@ def act(key: str, fn: Callable[[], str]) -> Any:
     try:
         message = fn()
     except CblbError as e:
-        return respond(Problem(key, str(e)))
+        return respond(Problem(key, e.for_page()))
     return respond(message=message)
 
 
@@ -165,7 +165,7 @@ def cost() -> Any:
         mib = whole_number(a.get("file_mib", ""), "file size (MiB)", 1, FILE_MIB_MAX)
         files = whole_number(a.get("max_files", ""), "max files", 1, MAX_FILES)
     except CblbError as e:
-        return render_template("partials/cost.html", bad=str(e)), 422
+        return render_template("partials/cost.html", bad=e.for_page()), 422
     catalog = a.get("catalog", "").strip()
     roots = current_app.config["CBLB_CATALOG_ROOTS"]
     allowed = within(catalog, roots)
@@ -293,7 +293,7 @@ def remove_confirm(name: str) -> Any:
     try:
         controller().snapshot(name)
     except CblbError as e:
-        return respond(Problem(f"remove:{name}", str(e)))
+        return respond(Problem(f"remove:{name}", e.for_page()))
     return respond(confirm=name)
 
 
