@@ -2,19 +2,26 @@
 /*
  * cblb: copy-on-write snapshots of live block devices.
  *
- * One struct cblb_snapshot per snapshot device. Its parts, one file each:
- *   registry.c   slots under total=N, create/remove, the registry mutex
- *   start.c      start and startset: the point in time of one or several snapshots
- *   sysfs.c      /sys/kernel/cblb/cmd parser, per-device attributes
- *   tracker.c    ftrace hook on submit_bio_noacct: finds origin writes (hash by disk)
- *   cbt.c        changed-block tracking per origin, across snapshots (doc/CBT.md)
- *   index.c      the copied-chunk index (chunk -> slot)
- *   cow.c        the copy-on-write pipeline: worker, flights, write-back (doc/COW.md)
- *   reads.c      snapshot reads of the origin in flight (what a copy must wait for)
- *   store.c      temp files in the catalog: creation, extent map, slot I/O
- *   stack.c      does a device depend on the origin (dm, md, loop, overlayfs)?
- *   snapimage.c  the read-only snapshot block device /dev/<dev>
- *   overlay.c    its reads of origin runs with scattered copied chunks laid over them
+ * The types every layer shares (struct cblb_snapshot and its parts) and layer 0
+ * (state.c). Each other file's offer to the layers above it is in a header of its own
+ * (store.h for store.c, ...): a file includes only headers of its own layer or below, so
+ * an upward call shows as an include in review. The layers, lowest first
+ * (kmod/doc/LAYERS.md, checked by tests/host/test_kmod_layers.py):
+ *   0 state.c      a snapshot's state, cblb_fail(), the name rule, the command mutex
+ *   1 index.c      the copied-chunk index (chunk -> slot)
+ *     reads.c      snapshot reads of the origin in flight (what a copy must wait for)
+ *     stack.c      does a device depend on the origin (dm, md, loop, overlayfs)?
+ *     cbt.c        changed-block tracking per origin, across snapshots (doc/CBT.md)
+ *   2 store.c      temp files in the catalog: creation, extent map, slot I/O
+ *   3 cow.c        the copy-on-write pipeline: worker, flights, write-back (doc/COW.md)
+ *   4 overlay.c    snapshot reads of origin runs with scattered copied chunks over them
+ *     snapimage.c  the read-only snapshot block device /dev/<dev>
+ *     tracker.c    ftrace hook on submit_bio_noacct: finds origin writes (hash by disk)
+ *   5 snapsysfs.c  /sys/kernel/cblb/<dev>, whose release frees the snapshot
+ *   6 registry.c   slots under total=N, create/remove
+ *     start.c      start and startset: the point in time of one or several snapshots
+ *   7 sysfs.c      the /sys/kernel/cblb/cmd parser
+ *     main.c       module init and exit
  * Which layouts are handled and which refused: kmod/doc/LAYOUTS.md.
  *
  * Lock story (the big picture; each file details its own):
@@ -288,135 +295,5 @@ static inline bool cblb_is_snapimage(struct gendisk *disk)
 {
 	return disk && disk->fops->owner == THIS_MODULE;
 }
-
-/* registry.c */
-extern int cblb_total;
-int cblb_registry_init(void);
-void cblb_registry_exit(void);
-int cblb_cmd_create(const char *name, const char *origin);
-int cblb_cmd_remove(const char *name);
-int cblb_debug_show(char *buf);
-struct cblb_snapshot *cblb_find(const char *name);
-struct cblb_snapshot *cblb_catalog_meets_origin(struct cblb_snapshot *s, bool catalog_of_s);
-
-/* start.c */
-/* One member of a start: the words of the seed's "start" command. */
-struct cblb_start_member {
-	const char *name;
-	const char *catalog;
-	u64 file_blocks;
-	u32 max_files;
-	struct cblb_snapshot *snap;	/* filled in by the command */
-	int freeze_err;
-	bool fs_frozen;			/* a filesystem on the origin was frozen */
-};
-int cblb_cmd_start(const char *name, const char *catalog, u64 file_blocks, u32 max_files);
-int cblb_cmd_start_set(const char *set, struct cblb_start_member *m, int n);
-ssize_t cblb_set_refused_show(char *buf);
-
-/* sysfs.c */
-int cblb_sysfs_init(void);
-void cblb_sysfs_exit(void);
-
-/* snapsysfs.c */
-void cblb_snapsysfs_init(struct kobject *parent);
-int cblb_snapsysfs_add(struct cblb_snapshot *s);
-void cblb_snapsysfs_hide(struct cblb_snapshot *s);
-void cblb_snapsysfs_del(struct cblb_snapshot *s);
-
-/* tracker.c */
-int cblb_tracker_init(void);
-void cblb_tracker_exit(void);
-void cblb_tracker_add(struct cblb_snapshot *s);
-void cblb_tracker_del(struct cblb_snapshot *s);
-void cblb_tracker_open_gate(u64 seq);
-
-/* cbt.c */
-struct cblb_cbt;
-extern atomic_t cblb_nr_cbt;
-void cblb_cbt_init(struct kobject *parent);
-void cblb_cbt_mark(struct bio *bio, bool again);
-int cblb_cbt_attach(struct cblb_snapshot *s);
-void cblb_cbt_detach(struct cblb_cbt *c);
-int cblb_cbt_prepare(struct cblb_snapshot *s);
-void cblb_cbt_dual(struct cblb_snapshot *s);
-void cblb_cbt_flip(struct cblb_snapshot *s);
-void cblb_cbt_frozen(struct cblb_snapshot *s);
-void cblb_cbt_unflip(struct cblb_snapshot *s);
-unsigned int cblb_cbt_block_size(struct cblb_snapshot *s);
-ssize_t cblb_cbt_read_map(struct cblb_snapshot *s, char *buf, loff_t off, size_t count);
-int cblb_cmd_track(const char *path);
-int cblb_cmd_untrack(const char *path);
-void cblb_cbt_exit(void);
-
-/* index.c */
-u64 cblb_index_get(struct cblb_snapshot *s, u64 chunk);
-u64 cblb_index_first_missing(struct cblb_snapshot *s, u64 first, u64 last);
-void cblb_index_present(struct cblb_snapshot *s, u64 first, unsigned int n, unsigned long *map);
-int cblb_index_reserve(struct cblb_snapshot *s, const u64 *chunks, unsigned int n);
-int cblb_index_set(struct cblb_snapshot *s, u64 chunk, u64 slot);
-
-/* cow.c */
-int cblb_cow_init(struct cblb_snapshot *s);
-void cblb_cow_exit(struct cblb_snapshot *s);
-bool cblb_cow_passes_unlocked(struct cblb_snapshot *s, sector_t rel, sector_t len);
-bool cblb_cow_intercept(struct cblb_snapshot *s, struct bio *bio, sector_t rel, sector_t len);
-void cblb_cow_drain(struct cblb_snapshot *s);
-struct page *cblb_cow_staged(struct cblb_snapshot *s, u64 chunk);
-void cblb_cow_taken_map(struct cblb_snapshot *s, u64 first, unsigned int n, unsigned long *map);
-void cblb_cow_endio(struct bio *bio);
-
-/* reads.c */
-void cblb_reads_init(struct cblb_snapshot *s);
-void cblb_reads_begin(struct cblb_snapshot *s, struct cblb_read_range *r, u64 first, u64 last,
-		      const unsigned long *copied);
-void cblb_reads_forget(struct cblb_snapshot *s, struct cblb_read_range *r);
-void cblb_reads_end(struct cblb_snapshot *s);
-bool cblb_reads_none(struct cblb_snapshot *s);
-bool cblb_reads_overlap(struct cblb_snapshot *s, u64 first, u64 last);
-void cblb_reads_wait(struct cblb_snapshot *s, u64 first, u64 last);
-void cblb_reads_close(struct cblb_snapshot *s);
-
-/* stack.c */
-bool cblb_bdev_overlaps_origin(struct cblb_snapshot *s, struct block_device *bdev);
-int cblb_stack_reaches_origin(struct cblb_snapshot *s, struct block_device *bdev,
-			      char *top, size_t top_size);
-int cblb_sb_reaches_origin(struct cblb_snapshot *s, struct super_block *sb, char *top,
-			   size_t top_size);
-
-/* store.c */
-int cblb_store_init(struct cblb_snapshot *s, const char *catalog, u64 file_blocks,
-		    u32 max_files);
-void cblb_store_unname(struct cblb_store *st);
-void cblb_store_started(struct cblb_store *st);
-void cblb_store_exit(struct cblb_store *st);
-int cblb_store_write_file(struct cblb_store *st, u64 slot, struct page *page);
-int cblb_store_read_file(struct cblb_store *st, u64 slot, unsigned int off, void *buf,
-			 unsigned int len);
-int cblb_store_alloc(struct cblb_store *st, unsigned int n, u64 *first);
-unsigned int cblb_store_locate(struct cblb_store *st, u64 slot, unsigned int off,
-			       sector_t *sector);
-unsigned int cblb_store_files(struct cblb_store *st);
-u64 cblb_store_capacity(struct cblb_store *st);
-int cblb_store_show_extents(struct cblb_store *st, char *buf);
-
-/* overlay.c */
-bool cblb_overlay_read(struct cblb_snapshot *s, struct bio *parent, struct bvec_iter *iter);
-int cblb_overlay_init(struct cblb_snapshot *s);
-void cblb_overlay_exit(struct cblb_snapshot *s);
-
-/* One piece of a snapshot read is done (the parent counts its pieces, bio_inc_remaining). */
-static inline void cblb_read_piece_done(struct bio *parent, blk_status_t status)
-{
-	if (status && !parent->bi_status)
-		parent->bi_status = status;
-	bio_endio(parent);
-}
-
-/* snapimage.c */
-int cblb_snapimage_init(void);
-void cblb_snapimage_exit(void);
-int cblb_snapimage_create(struct cblb_snapshot *s);
-void cblb_snapimage_destroy(struct cblb_snapshot *s);
 
 #endif /* CBLB_H */

@@ -33,6 +33,7 @@
 #include <linux/slab.h>
 #include <linux/uuid.h>
 #include "cblb.h"
+#include "cbt.h"
 
 /* c->state: bit 0 is the current map's index; DUAL marks the other map as well. */
 #define CBT_DUAL	2

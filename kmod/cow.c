@@ -45,6 +45,10 @@
 #include <linux/sort.h>
 #include <linux/ktime.h>
 #include "cblb.h"
+#include "index.h"
+#include "reads.h"
+#include "store.h"
+#include "cow.h"
 #include "cblb_trace.h"
 
 static int cmp_u64(const void *a, const void *b)

@@ -22,6 +22,7 @@
  */
 #include <linux/xarray.h>
 #include "cblb.h"
+#include "index.h"
 
 #define SLOT_BITS	31
 #define SLOT_MASK	((1UL << SLOT_BITS) - 1)

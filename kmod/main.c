@@ -8,6 +8,10 @@
 #include <linux/module.h>
 #include <linux/moduleparam.h>
 #include "cblb.h"
+#include "snapimage.h"
+#include "tracker.h"
+#include "registry.h"
+#include "sysfs.h"
 
 #define CREATE_TRACE_POINTS
 #include "cblb_trace.h"

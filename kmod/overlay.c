@@ -24,6 +24,11 @@
 #include <linux/bitmap.h>
 #include <linux/slab.h>
 #include "cblb.h"
+#include "index.h"
+#include "reads.h"
+#include "store.h"
+#include "cow.h"
+#include "overlay.h"
 
 /* Copied chunks in a row that still ride in one origin bio; a longer stretch ends it. */
 #define CBLB_OVERLAY_STRETCH	16

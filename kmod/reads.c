@@ -28,6 +28,7 @@
 #include <linux/spinlock.h>
 #include <linux/wait.h>
 #include "cblb.h"
+#include "reads.h"
 
 void cblb_reads_init(struct cblb_snapshot *s)
 {

@@ -24,6 +24,15 @@
 #include <linux/ktime.h>
 #include <linux/timekeeping.h>
 #include "cblb.h"
+#include "reads.h"
+#include "stack.h"
+#include "cbt.h"
+#include "store.h"
+#include "cow.h"
+#include "snapimage.h"
+#include "tracker.h"
+#include "snapsysfs.h"
+#include "registry.h"
 #include "cblb_trace.h"
 
 static struct cblb_snapshot **slots;	/* Protected by cblb_cmd_lock */

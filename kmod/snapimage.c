@@ -31,6 +31,12 @@
 #include <linux/module.h>
 #include <linux/slab.h>
 #include "cblb.h"
+#include "index.h"
+#include "reads.h"
+#include "store.h"
+#include "cow.h"
+#include "overlay.h"
+#include "snapimage.h"
 
 static int cblb_major;
 

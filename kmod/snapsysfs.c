@@ -14,6 +14,9 @@
 #include <linux/slab.h>
 #include <linux/sysfs.h>
 #include "cblb.h"
+#include "cbt.h"
+#include "store.h"
+#include "snapsysfs.h"
 
 static struct kobject *parent;		/* /sys/kernel/cblb, set once by cblb_snapsysfs_init() */
 

@@ -27,6 +27,7 @@
 #include <linux/slab.h>
 #include <uapi/linux/magic.h>
 #include "cblb.h"
+#include "stack.h"
 
 #define CBLB_STACK_DEPTH	8
 #define CBLB_STACK_DEVICES	64

@@ -29,6 +29,14 @@
 #include <linux/slab.h>
 #include <linux/timekeeping.h>
 #include "cblb.h"
+#include "stack.h"
+#include "cbt.h"
+#include "store.h"
+#include "cow.h"
+#include "snapimage.h"
+#include "tracker.h"
+#include "registry.h"
+#include "start.h"
 
 static u64 gate_seq;			/* Protected by cblb_cmd_lock */
 static DEFINE_SPINLOCK(set_refused_lock);

@@ -58,6 +58,8 @@
 #include <linux/uaccess.h>
 #include <uapi/linux/magic.h>
 #include "cblb.h"
+#include "stack.h"
+#include "store.h"
 #include "cblb_trace.h"
 
 #define FIEMAP_BATCH	64

@@ -23,6 +23,11 @@
 #include <linux/string.h>
 #include <linux/sysfs.h>
 #include "cblb.h"
+#include "cbt.h"
+#include "snapsysfs.h"
+#include "registry.h"
+#include "start.h"
+#include "sysfs.h"
 
 #define CMD_MAX		PAGE_SIZE
 #define CMD_WORDS	(2 + 4 * CBLB_SET_MAX)

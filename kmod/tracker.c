@@ -42,6 +42,9 @@
 #include <linux/module.h>
 #include <linux/rculist.h>
 #include "cblb.h"
+#include "cbt.h"
+#include "cow.h"
+#include "tracker.h"
 
 static atomic64_t gate_open = ATOMIC64_INIT(0);	/* only grows; written under cblb_cmd_lock */
 

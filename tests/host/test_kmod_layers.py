@@ -73,6 +73,40 @@ def test_calls_go_down() -> None:
     assert upward_uses(read_sources(KMOD), order) == []
 
 
+def upward_includes(folder: Path, order: list[str]) -> list[str]:
+    """#include "x.h" of a file x.c listed after the including file."""
+    rank = {name: i for i, name in enumerate(order)}
+    bad = []
+    for p in sorted(folder.glob("*.c")) + sorted(folder.glob("*.h")):
+        user = p.stem + ".c"
+        for inc in re.findall(r'^#include "(\w+)\.h"', p.read_text(), re.M):
+            home = inc + ".c"
+            if home in rank and user in rank and rank[home] > rank[user]:
+                bad.append(f"{p.name} includes {inc}.h of a higher layer")
+    return bad
+
+
+def test_includes_go_down() -> None:
+    order = layer_order(KMOD / "doc" / "LAYERS.md")
+    assert upward_includes(KMOD, order) == []
+
+
+def test_every_file_but_layer_0_has_its_header() -> None:
+    order = layer_order(KMOD / "doc" / "LAYERS.md")
+    missing = [n for n in order[1:] if not (KMOD / n.replace(".c", ".h")).exists()
+               and n != "main.c"]
+    assert missing == []
+
+
+def test_the_include_check_finds_an_upward_include(tmp_path: Path) -> None:
+    for p in list(KMOD.glob("*.c")) + list(KMOD.glob("*.h")):
+        (tmp_path / p.name).write_text(p.read_text())
+    cow = tmp_path / "cow.c"
+    cow.write_text('#include "registry.h"\n' + cow.read_text())
+    order = layer_order(KMOD / "doc" / "LAYERS.md")
+    assert upward_includes(tmp_path, order) == ["cow.c includes registry.h of a higher layer"]
+
+
 def test_the_check_finds_an_upward_call(tmp_path: Path) -> None:
     """The same check on kmod/ with one upward call added: the store calls the registry."""
     for p in KMOD.glob("*.c"):
