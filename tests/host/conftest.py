@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cblb.commands import web as web_cmd
+from web import command as web_cmd
 
 
 @pytest.fixture(autouse=True)

@@ -50,3 +50,38 @@ def test_an_upward_import_breaks_the_check(tmp_path, module, line):
     assert run.returncode != 0, run.stdout
     assert "BROKEN" in run.stdout
     assert module.removesuffix(".py").replace("/", ".") in run.stdout
+
+
+def test_the_page_command_registers_itself():
+    """`cblb web` lives with the page (web/command.py) and is found through the entry point
+    group; a checkout whose installed metadata predates it finds the same entry points."""
+    import tomllib
+
+    from cblb import commands
+
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["entry-points"]
+    assert declared[commands.ENTRY_POINTS] == commands.UNREGISTERED
+    assert commands.outside_commands() == commands.UNREGISTERED
+
+
+def test_the_help_lists_web_in_its_place_without_importing_flask():
+    code = ("import sys; from cblb.cli import build_parser; p = build_parser(); "
+            "names = list(p._subparsers._group_actions[0].choices); "
+            "print(names.index('web') == names.index('trace') + 1, 'flask' in sys.modules)")
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
+    assert run.stdout.split() == ["True", "False"], run.stdout + run.stderr
+
+
+def test_an_entry_point_adds_a_subcommand(monkeypatch, tmp_path):
+    from cblb import commands
+    from cblb.cli import build_parser
+
+    (tmp_path / "cblb_extra_cmd.py").write_text(
+        "def register(sub):\n    sub.add_parser('extra', help='an added subcommand')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(commands, "outside_commands",
+                        lambda: {**commands.UNREGISTERED, "extra": "cblb_extra_cmd",
+                                 "gone": "cblb_not_installed_cmd"})
+    help_text = build_parser().format_help()
+    assert "extra" in help_text and "web" in help_text and "gone" not in help_text

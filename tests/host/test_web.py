@@ -16,10 +16,10 @@ import stat
 
 import pytest
 
-from cblb.commands import web as web_cmd
 from cblb.control import Controller
 from cblb.errors import CblbError
 from cblb.fake import FakeSystem
+from web import command as web_cmd
 from web import create_app
 from web.auth import ensure_token, rotate_token, safe_next
 from web.history import GrowthPoint, project

@@ -17,10 +17,10 @@ import pytest
 from test_web import HX, TOKEN, free_port, logged_in, make_active, make_app, record_served, text
 
 from cblb import cli
-from cblb.commands import web as web_cmd
 from cblb.control import Controller
 from cblb.errors import CblbError
 from cblb.fake import FakeSystem
+from web import command as web_cmd
 
 
 @pytest.fixture

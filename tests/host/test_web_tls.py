@@ -15,9 +15,9 @@ import pytest
 from test_web import TOKEN, free_port, make_app
 
 from cblb import cli
-from cblb.commands import web as web_cmd
 from cblb.control import Controller
 from cblb.fake import FakeSystem
+from web import command as web_cmd
 
 
 @pytest.fixture

@@ -13,7 +13,8 @@ from flask import Blueprint, redirect, render_template, url_for
 
 from cblb.output import human_bytes
 
-from .. import htmx, svg
+from .. import svg
+from ..app import htmx
 from ..history import project
 from . import history
 

@@ -16,7 +16,7 @@ from flask import (
     url_for,
 )
 
-from .. import htmx
+from ..app import htmx
 from . import Problem, history, module_status, panel_is_stale, signature
 
 bp = Blueprint("devices", __name__)

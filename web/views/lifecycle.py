@@ -34,7 +34,7 @@ from cblb.control import MAX_FILES, MAX_TOTAL, SECTOR, SetMember, validate_name
 from cblb.errors import CblbError
 from cblb.oneshot import check_set_name_free, default_set_name
 
-from .. import htmx
+from ..app import htmx
 from ..policy import check_catalog_dir, check_mount_dir, member_catalogs, within
 from . import Problem, controller, module_status, remember_panel, session_id, signature
 
