@@ -1,4 +1,4 @@
-"""The page's Flask app: create_app (web/__init__.py's settings) and the htmx extension.
+"""The page's Flask app: create_app (web/__init__.py's settings).
 
 Apart from web/__init__.py so that importing the package (the `cblb web` command, web/command.py,
 loaded by every `cblb` run) does not import Flask.
@@ -10,14 +10,12 @@ import secrets
 from typing import Any
 
 from flask import Flask
-from flask_htmx import HTMX
 
 from cblb.output import human_bytes, point_in_time
 
+from .extensions import htmx
 from .history import History
 from .sampler import DiskstatsSampler
-
-htmx = HTMX()
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
