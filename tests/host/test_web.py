@@ -30,14 +30,8 @@ TOKEN = "t0k3n-for-tests-only-0123456789abcdef"
 
 
 @pytest.fixture
-def fake(tmp_path):
-    return FakeSystem(tmp_path / "fake", loaded=True, total=4)   # no growth: states change
-                                                                  # only on request
-
-
-@pytest.fixture
-def web_ctl(fake):
-    return Controller(system=fake)
+def web_ctl(ctl):     # conftest's fake has no growth: states change only on request
+    return ctl
 
 
 def fake_ctl(tmp_path, **kw) -> Controller:
