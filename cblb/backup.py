@@ -27,9 +27,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from . import fsio
 from .errors import CblbError
 from .hashing import DEFAULT_ALGORITHM, DEFAULT_BLOCK_SIZE, Engine, Progress, Source, differing_blocks
-from .manifest import ManifestWriter, _fsync_dir
+from .manifest import ManifestWriter
 
 PROGRESS_SUFFIX = ".progress"
 DIGESTS_SUFFIX = ".progress.digests"
@@ -79,21 +80,9 @@ def source_identity(src: Source, extra: dict[str, Any] | None = None) -> dict[st
     return ident
 
 
-def _write_json_atomic(path: str, obj: dict[str, Any]) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _unlink(*paths: str) -> None:
     for p in paths:
-        try:
-            os.unlink(p)
-        except FileNotFoundError:
-            pass
+        fsio.unlink_if_there(p)
 
 
 class _Resume:
@@ -219,7 +208,7 @@ def backup(source: str, image: str, *, block_size: int = DEFAULT_BLOCK_SIZE,
                     w.write(chunk)
             w.commit()
         _unlink(res.progress, res.digests)
-        _fsync_dir(os.path.dirname(image))
+        fsio.sync_dir(os.path.dirname(image))
         result = BackupResult(source, image, manifest, src.size, eng.block_size, eng.algorithm,
                               resumed, copied, 0.0)
     if verify:
@@ -253,7 +242,7 @@ def _copy(eng: Engine, src: Source, out_fd: int, image: str, res: _Resume,
             dg.flush()
             os.fsync(dg.fileno())
             meta["copied_bytes"] = done
-            _write_json_atomic(res.progress, meta)
+            fsio.write_json_atomic(res.progress, meta)
             durable, since, last = done, 0, time.monotonic()
 
         checkpoint()

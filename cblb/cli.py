@@ -10,16 +10,16 @@ traceback. Every command that changes state takes --json; with it a failure also
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from typing import Sequence
 
 from . import __version__
+from .commands import command_modules
 from .control import Controller
 from .errors import CblbError
 from .output import emit_json
 
-# Modules under cblb/commands/ that add subcommands, in help order.
+# Modules under cblb/commands/ (or entry points: commands/__init__.py) adding subcommands, in help order.
 COMMAND_MODULES = ("lifecycle", "snapshot", "backup", "verify", "trace", "web", "bench")
 
 EPILOG = """examples:
@@ -42,13 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"cblb {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        try:
-            mod = importlib.import_module(f".commands.{name}", __package__)
-        except ModuleNotFoundError as e:
-            if e.name and e.name.endswith(f"commands.{name}"):
-                continue  # that part is not built yet
-            raise
+    for mod in command_modules(COMMAND_MODULES):
         mod.register(sub)
     return p
 

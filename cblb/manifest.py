@@ -45,6 +45,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator
 
+from . import fsio
 from .errors import CblbError
 from .hashing import ALGORITHMS, MAX_BLOCK_SIZE, ReferenceXXH3, _ext
 
@@ -58,7 +59,8 @@ ALGORITHM_IDS = {"xxh3_64": 1, "xxh3_128": 2}
 _ALGORITHM_NAMES = {v: k for k, v in ALGORITHM_IDS.items()}
 
 
-def _checksummer():
+def checksummer():
+    """XXH3-64 (seed 0), the checksum of a manifest's and an incremental image's header."""
     return _ext.xxh3_64() if _ext is not None else ReferenceXXH3("xxh3_64")
 
 
@@ -169,7 +171,7 @@ class Manifest:
                 raise CblbError(f"{path}: manifest {what} ({actual} bytes, the header says "
                                 f"{expect}); re-create it with 'cblb manifest'", E.EINVAL)
             data: mmap.mmap | bytes = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        h = _checksummer()
+        h = checksummer()
         h.update(hdr.pack(checksum=0))
         mv = memoryview(data)
         h.update(mv[HEADER_SIZE:])
@@ -229,7 +231,7 @@ class ManifestWriter:
             raise CblbError(f"cannot write {path}: permission denied in {folder}",
                             E.EACCES) from None
         self._f = os.fdopen(fd, "wb")
-        self._h = _checksummer()
+        self._h = checksummer()
         head = self.header.pack(checksum=0)
         self._h.update(head)
         self._f.write(head)
@@ -259,10 +261,10 @@ class ManifestWriter:
             self._f.write(self.header.pack())
             self._f.flush()
             os.fsync(self._f.fileno())
-            os.fchmod(self._f.fileno(), 0o644 & ~_umask())
+            os.fchmod(self._f.fileno(), 0o644 & ~fsio.umask())
             self._f.close()
             os.replace(self.tmp, self.path)
-            _fsync_dir(os.path.dirname(self.path))
+            fsio.sync_dir(os.path.dirname(self.path))
         except OSError as e:
             self.abort()
             raise CblbError(f"cannot write {self.path}: {e.strerror}", e.errno or 0) from None
@@ -292,17 +294,3 @@ def write_manifest(path: str, algorithm: str, block_size: int, size: int, digest
         w.write(digests)
         w.commit()
         return w.header
-
-
-def _umask() -> int:
-    m = os.umask(0)
-    os.umask(m)
-    return m
-
-
-def _fsync_dir(folder: str) -> None:
-    fd = os.open(folder or ".", os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

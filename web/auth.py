@@ -52,7 +52,7 @@ from flask import (
 )
 from werkzeug.wrappers import Response as BaseResponse
 
-from . import htmx
+from .extensions import htmx
 from .sessions import ServerSession
 
 bp = Blueprint("auth", __name__)

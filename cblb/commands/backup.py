@@ -4,7 +4,7 @@ A full backup copies a snapshot to an image file with a progress bar, resumably,
 IMAGE.manifest beside it (cblb/backup.py), plus IMAGE.chain, the record an incremental backup
 rests on. ``--since PREVIOUS`` writes an incremental image of only the blocks the module saw
 change since PREVIOUS's snapshot; ``restore`` rebuilds a device from a chain
-(cblb/incremental.py)."""
+(cblb/incremental/)."""
 
 from __future__ import annotations
 

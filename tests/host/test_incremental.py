@@ -35,11 +35,6 @@ def fake(tmp_path: Path) -> FakeSystem:
 
 
 @pytest.fixture
-def ctl(fake: FakeSystem) -> Controller:
-    return Controller(system=fake)
-
-
-@pytest.fixture
 def dirs(tmp_path: Path) -> tuple[Path, Path]:
     cat, bk = tmp_path / "catalog", tmp_path / "backups"
     cat.mkdir()

@@ -25,11 +25,6 @@ def fake(tmp_path: Path) -> FakeSystem:
                       aliases={"/dev/disk/by-label/data": "/dev/vdb1"})
 
 
-@pytest.fixture
-def ctl(fake: FakeSystem) -> Controller:
-    return Controller(system=fake)
-
-
 def read(fake: FakeSystem, *parts: str) -> str:
     return fake.sysfs.joinpath(*parts).read_text().strip()
 

@@ -16,10 +16,10 @@ import stat
 
 import pytest
 
-from cblb.commands import web as web_cmd
 from cblb.control import Controller
 from cblb.errors import CblbError
 from cblb.fake import FakeSystem
+from web import command as web_cmd
 from web import create_app
 from web.auth import ensure_token, rotate_token, safe_next
 from web.history import GrowthPoint, project
@@ -30,14 +30,8 @@ TOKEN = "t0k3n-for-tests-only-0123456789abcdef"
 
 
 @pytest.fixture
-def fake(tmp_path):
-    return FakeSystem(tmp_path / "fake", loaded=True, total=4)   # no growth: states change
-                                                                  # only on request
-
-
-@pytest.fixture
-def web_ctl(fake):
-    return Controller(system=fake)
+def web_ctl(ctl):     # conftest's fake has no growth: states change only on request
+    return ctl
 
 
 def fake_ctl(tmp_path, **kw) -> Controller:

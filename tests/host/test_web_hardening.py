@@ -17,20 +17,8 @@ import pytest
 from test_web import HX, TOKEN, free_port, logged_in, make_active, make_app, record_served, text
 
 from cblb import cli
-from cblb.commands import web as web_cmd
-from cblb.control import Controller
 from cblb.errors import CblbError
-from cblb.fake import FakeSystem
-
-
-@pytest.fixture
-def fake(tmp_path):
-    return FakeSystem(tmp_path / "fake", loaded=True, total=4)
-
-
-@pytest.fixture
-def ctl(fake):
-    return Controller(system=fake)
+from web import command as web_cmd
 
 
 @pytest.fixture

@@ -6,17 +6,7 @@ from __future__ import annotations
 
 import re
 
-import pytest
 from test_web import TOKEN, make_app, text
-
-from cblb.control import Controller
-from cblb.fake import FakeSystem
-
-
-@pytest.fixture
-def ctl(tmp_path):
-    return Controller(system=FakeSystem(tmp_path / "fake", loaded=True, total=4))
-
 
 # ---- behind a reverse proxy ----------------------------------------------------------------
 PROXY = "10.0.0.5"

@@ -15,14 +15,7 @@ import pytest
 from test_web import TOKEN, free_port, make_app
 
 from cblb import cli
-from cblb.commands import web as web_cmd
-from cblb.control import Controller
-from cblb.fake import FakeSystem
-
-
-@pytest.fixture
-def ctl(tmp_path):
-    return Controller(system=FakeSystem(tmp_path / "fake", loaded=True, total=4))
+from web import command as web_cmd
 
 
 def serving(monkeypatch, check):

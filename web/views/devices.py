@@ -16,26 +16,11 @@ from flask import (
     url_for,
 )
 
-from .. import htmx
-from . import Problem, history, module_status, panel_is_stale, signature
+from ..extensions import htmx
+from . import history, module_status, panel_is_stale, signature
+from .context import devices_context, growth_context, io_context, page_context, panel_context
 
 bp = Blueprint("devices", __name__)
-
-
-def devices_context() -> dict[str, Any]:
-    st, err = module_status()
-    return {"st": st, "read_error": err, "now": time.time()}
-
-
-def page_context(problem: Problem | None = None, confirm: str = "") -> dict[str, Any]:
-    from .charts import growth_context, io_context
-    from .lifecycle import panel_context
-
-    ctx = panel_context(problem, confirm)
-    ctx.update(devices_context())
-    ctx.update(io_context())
-    ctx.update(growth_context())
-    return ctx
 
 
 @bp.get("/")
@@ -70,8 +55,6 @@ def events() -> Response:
     """Server-sent events: the devices table and the charts every few seconds, and the
     lifecycle panel whenever a snapshot changes state (its markup depends only on state)."""
     from ..auth import stays_authenticated
-    from .charts import growth_context, io_context
-    from .lifecycle import panel_context
 
     cfg = current_app.config
     interval = float(cfg["CBLB_SSE_INTERVAL"])

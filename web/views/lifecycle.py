@@ -23,7 +23,6 @@ from flask import (
     Blueprint,
     current_app,
     flash,
-    get_flashed_messages,
     redirect,
     render_template,
     request,
@@ -34,14 +33,14 @@ from cblb.control import MAX_FILES, MAX_TOTAL, SECTOR, SetMember, validate_name
 from cblb.errors import CblbError
 from cblb.oneshot import check_set_name_free, default_set_name
 
-from .. import htmx
+from ..extensions import htmx
 from ..policy import check_catalog_dir, check_mount_dir, member_catalogs, within
-from . import Problem, controller, module_status, remember_panel, session_id, signature
+from . import Problem, controller
+from .context import devices_context, page_context, panel_context
 
 bp = Blueprint("lifecycle", __name__)
 
 MIB_BLOCKS = 2**20 // SECTOR
-SET_FORM_MIN = 2          # created snapshots before the page offers to start them as a set
 
 
 # ---- input ---------------------------------------------------------------------------
@@ -77,55 +76,11 @@ def _text(field: str, label: str) -> str:
     return v
 
 
-# ---- rendering ------------------------------------------------------------------------
-def partitions() -> list[str]:
-    """Block devices for the origin field's suggestions, from /proc/partitions."""
-    out = []
-    try:
-        with open("/proc/partitions") as f:
-            for line in f.readlines()[2:]:
-                p = line.split()
-                if len(p) == 4 and not p[3].startswith(("ram", "zram")):
-                    out.append(f"/dev/{p[3]}")
-    except OSError:
-        pass
-    return out
-
-
-def defaults() -> dict[str, Any]:
-    c = current_app.config
-    return {"catalog": c["CBLB_DEFAULT_CATALOG"], "file_mib": c["CBLB_DEFAULT_FILE_MIB"],
-            "catalog_roots": c["CBLB_CATALOG_ROOTS"], "mount_roots": c["CBLB_MOUNT_ROOTS"],
-            "max_files": c["CBLB_DEFAULT_MAX_FILES"], "total": c["CBLB_DEFAULT_TOTAL"],
-            "mount_root": c["CBLB_MOUNT_ROOTS"][0].rstrip("/") + "/cblb",
-            "max_total": MAX_TOTAL, "set_form_min": SET_FORM_MIN}
-
-
-def panel_context(problem: Problem | None = None, confirm: str = "") -> dict[str, Any]:
-    st, read_error = module_status()
-    names = {s.name for s in st.snapshots}
-    orphan = False
-    if problem is not None:
-        key, _, name = problem.key.partition(":")
-        # An error is shown beside its form; one whose form is not on the page goes on top.
-        startable = sum(1 for s in st.snapshots if s.can_start)
-        orphan = (name and name not in names) or (key in ("create", "unload") and not st.loaded) \
-            or (key == "load" and st.loaded) or (key == "set" and startable < SET_FORM_MIN)
-    session_id()
-    remember_panel(signature(st))
-    return {"st": st, "read_error": read_error, "problem": problem, "problem_orphan": orphan,
-            "form": request.form,
-            "confirm": confirm, "defaults": defaults(), "messages": get_flashed_messages(),
-            "partitions": [p for p in partitions() if p.rsplit("/", 1)[-1] not in names]}
-
-
 def respond(problem: Problem | None = None, message: str = "", confirm: str = "") -> Any:
     status = 422 if problem else 200
     if htmx:
         if message:
             flash(message)
-        from .devices import devices_context
-
         ctx = panel_context(problem, confirm)
         ctx.update(devices_context())
         return render_template("partials/lifecycle_response.html", **ctx), status
@@ -133,8 +88,6 @@ def respond(problem: Problem | None = None, message: str = "", confirm: str = ""
         if message:
             flash(message)
         return redirect(url_for("devices.index"), 303)
-    from .devices import page_context
-
     return render_template("index.html", **page_context(problem, confirm)), status
 
 

@@ -24,8 +24,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..errors import CblbError
-from ..output import emit_json
+from cblb.errors import CblbError
+from cblb.output import emit_json
 
 DEFAULT_PORT = 8470
 DEFAULT_TLS_DIR = "/etc/cblb/web-tls"    # the self-signed certificate (web/tls.py)
@@ -89,7 +89,7 @@ def _is_ip(text: str) -> bool:
 
 def proxy_arg(text: str) -> str:
     """--trusted-proxy's type: an address or network (exit 2 otherwise)."""
-    from web.proxy import proxy_network
+    from .proxy import proxy_network
 
     try:
         return str(proxy_network(text))
@@ -138,7 +138,7 @@ def listen_addresses(host: str, port: int) -> list[tuple[str, int]]:
     """Where to listen for --bind HOST:PORT. A loopback bind takes both loopbacks (127.0.0.1
     and ::1, when this machine has IPv6), so no other local user can take the other one and
     serve a copy of the login form to http://localhost:PORT/."""
-    from web.auth import is_loopback
+    from .auth import is_loopback
 
     if not is_loopback(host):
         return [(host, port)]
@@ -203,7 +203,7 @@ def make_server(app: Any, socks: list[socket.socket], threads: int,
 
     if tls is None:
         return waitress(app, socks)
-    from web.tls import tls_server
+    from .tls import tls_server
 
     return tls_server(app, socks, tls, waitress, channel_timeout, CONNECTION_LIMIT)
 
@@ -240,8 +240,8 @@ def serve_forever(server: Any) -> None:
 def _demo_config(config: dict[str, Any]) -> None:
     """`--standin`: the real Controller over a fake module (cblb.fake) in a temporary folder;
     catalogs and mounts go to folders inside it, nothing on this machine is touched."""
-    from ..control import Controller
-    from ..fake import FakeSystem
+    from cblb.control import Controller
+    from cblb.fake import FakeSystem
 
     fake = FakeSystem(grow_bytes_per_s=1.5e6)
     for d in ("catalog", "mnt"):
@@ -253,13 +253,13 @@ def _demo_config(config: dict[str, Any]) -> None:
 
 
 def _token_file(args: argparse.Namespace) -> Path:
-    from web.auth import default_token_file
+    from .auth import default_token_file
 
     return Path(args.token_file) if args.token_file else default_token_file()
 
 
 def _rotate(args: argparse.Namespace) -> int:
-    from web.auth import rotate_token
+    from .auth import rotate_token
 
     path = _token_file(args)
     try:
@@ -285,8 +285,8 @@ def tls_setup(args: argparse.Namespace, host: str) -> tuple[ssl.SSLContext | Non
     """The TLS context for this start, and the banner lines about it: the administrator's
     certificate; else, on a bind that is not loopback and without --no-tls, the self-signed
     one in --tls-dir (made on first start); else none (plain HTTP)."""
-    from web.auth import is_loopback
-    from web.tls import (
+    from .auth import is_loopback
+    from .tls import (
         TLSSetupError,
         default_names,
         ensure_self_signed,
@@ -320,8 +320,8 @@ def tls_setup(args: argparse.Namespace, host: str) -> tuple[ssl.SSLContext | Non
 def _web(args: argparse.Namespace, ctl: Any) -> int:
     if args.rotate_token:
         return _rotate(args)
-    from web import create_app
-    from web.auth import ensure_token, is_loopback
+    from . import create_app
+    from .auth import ensure_token, is_loopback
 
     host, port = args.bind
     path = _token_file(args)
