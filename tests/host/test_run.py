@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -338,3 +339,24 @@ def test_changes_json_since_and_stream(fake: FakeSystem, ctl: Controller, tmp_pa
     assert main(["changes", s.name, "--json", "--since", str(first)], ctl) == 1
     err = capsys.readouterr().err
     assert "sequence 1" in err and "sequence 3" in err and "Traceback" not in err
+
+
+# ---- the systemd units ---------------------------------------------------------------------
+def test_systemd_units_verify(tmp_path: Path) -> None:
+    """The shipped units pass systemd-analyze (with cblb's path replaced by an executable
+    that exists here, as ./install systemd replaces it by cblb's)."""
+    units = ROOT / "cblb" / "systemd"
+    service = (units / "cblb-backup@.service").read_text()
+    assert "-- /bin/sh -c ${COMMAND}" in service and "KillMode=mixed" in service
+    env = (units / "backup-example.env").read_text()
+    assert "\nCOMMAND=restic backup $CBLB_MOUNTS\n" in env
+    if not shutil.which("systemd-analyze"):
+        pytest.skip("systemd-analyze is not installed")
+    for name in ("cblb-backup@.service", "cblb-backup@.timer"):
+        text = (units / name).read_text().replace("/usr/local/bin/cblb", "/bin/true")
+        (tmp_path / name.replace("@.", "@x.")).write_text(text)
+    r = subprocess.run(["systemd-analyze", "verify", "--man=no",
+                        str(tmp_path / "cblb-backup@x.service"),
+                        str(tmp_path / "cblb-backup@x.timer")],
+                       capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0 and not r.stderr.strip(), r.stderr
