@@ -18,7 +18,8 @@ What a run does, in order:
    cblb/changes.py, one file per snapshot, under ``/run/cblb/runs/<id>/``). Its own process
    group (unless standard input is a terminal: then it stays in the terminal's, so that
    prompts and Ctrl-C reach it), and SIGTERM if cblb dies (``PR_SET_PDEATHSIG``).
-   SIGINT, SIGTERM and SIGHUP sent to cblb are passed to it; cblb waits for it to end.
+   SIGINT, SIGTERM and SIGHUP sent to cblb are passed to it (SIGINT not when it shares
+   the terminal's group: Ctrl-C reached it already); cblb waits for it to end.
 4. Release, always: the command's group is ended if anything of it is left, every snapshot
    unmounted and removed, the folders the run made removed (only when empty), the run's
    files and marker deleted. A signal during steps 1-2 undoes what was done.
@@ -229,6 +230,12 @@ class Runs:
             out.append((Marker(p, data if isinstance(data, dict) else {}), alive))
         return out
 
+    def save(self, m: Marker) -> None:
+        """Rewrite a live run's marker under the lock, so that no other run reads it half
+        written."""
+        with self.locked():
+            m.save()
+
     def create(self, data: dict[str, Any]) -> Marker:
         """This run's marker, written and flocked (call with :meth:`locked` held)."""
         self._ensure()
@@ -312,6 +319,8 @@ class _Signals:
             return
         if self.child is None:
             raise Interrupted(signum)
+        if signum == signal.SIGINT and not self.group:
+            return      # Ctrl-C: the terminal sent it to the command too; twice may force it
         try:
             if self.group:
                 os.killpg(self.child.pid, signum)
@@ -442,7 +451,7 @@ def run(ctl: Controller, origins: Sequence[str], command: Sequence[str], *,
                       max_files, total, allow_exec, as_set)
         for mem, s in zip(members, snaps):
             mem["start_time_ns"] = s.start_time_ns
-        marker.save()
+        runs.save(marker)
         files = _changed_files(ctl, marker, snaps)
         env = dict(os.environ) | environment(snaps, snaps[0].set_name if as_set else "",
                                              origins, files)
@@ -450,7 +459,7 @@ def run(ctl: Controller, origins: Sequence[str], command: Sequence[str], *,
                  else f"devices {' '.join(s.device for s in snaps)}")
         _say(quiet, f"{', '.join(s.name for s in snaps)} ({where}); running "
              f"{shlex.join(command)[:200]}")
-        result.exit_code = _run_command(command, env, sig, marker)
+        result.exit_code = _run_command(command, env, sig, runs, marker)
     except Interrupted as e:
         _say(quiet, f"interrupted by signal {e.signum} before the command started; undoing")
         result.exit_code = 128 + e.signum
@@ -497,7 +506,7 @@ def _changed_files(ctl: Controller, marker: Marker, snaps: list[Snapshot]) -> li
     return out
 
 
-def _run_command(command: Sequence[str], env: dict[str, str], sig: _Signals,
+def _run_command(command: Sequence[str], env: dict[str, str], sig: _Signals, runs: Runs,
                  marker: Marker) -> int:
     sig.group = not os.isatty(0)
     try:
@@ -512,7 +521,7 @@ def _run_command(command: Sequence[str], env: dict[str, str], sig: _Signals,
     sig.child = child
     marker.data.update(pgid=child.pid if sig.group else 0, child=child.pid,
                        child_start=process_start(child.pid))
-    marker.save()
+    runs.save(marker)
     if sig.received:            # a signal between Popen and sig.child: pass it on now
         try:
             os.killpg(child.pid, sig.received[-1]) if sig.group else child.send_signal(
