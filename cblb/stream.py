@@ -6,7 +6,7 @@ Reads are large (4 MiB) and aligned, into one page-aligned buffer, with ``O_DIRE
 the device takes it (the snapshot's blocks do not push the page cache of a busy server
 out; a file that refuses ``O_DIRECT``, such as one on tmpfs, is read through the cache with
 sequential read-ahead advised). Writes loop until every byte is taken, so a pipe that
-accepts less at a time (64 KiB by default) is fine.
+accepts less at a time is fine; a pipe is widened to 1 MiB first (F_SETPIPE_SZ).
 
 Where the output goes (``out_kind``):
 
@@ -33,6 +33,7 @@ from .errors import CblbError
 
 READ_SIZE = 4 << 20          # bytes per read: large enough for disk speed, aligned
 ALIGN = 4096                 # O_DIRECT: offsets, lengths and the buffer on 4 KiB
+PIPE_SIZE = 1 << 20          # the default /proc/sys/fs/pipe-max-size
 
 
 def open_source(path: str) -> tuple[int, bool]:
@@ -61,6 +62,16 @@ def out_kind(fd: int) -> str:
                             E.EINVAL)
         return "seekable"
     return "stream"
+
+
+def widen_pipe(fd: int) -> None:
+    """A pipe on ``fd`` holds 1 MiB (when the system allows), not 64 KiB: a 4 MiB read is
+    written in 4 wake-ups of the reader instead of 64."""
+    if stat.S_ISFIFO(os.fstat(fd).st_mode):
+        try:
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        except OSError:
+            pass        # above /proc/sys/fs/pipe-max-size for this user: keep the default
 
 
 def write_all(fd: int, data: memoryview) -> None:
@@ -112,6 +123,7 @@ def cat(path: str, out: int) -> int:
     """Write the whole device ``path`` to ``out``; the bytes written."""
     with Reader(path) as r:
         seekable = out_kind(out) == "seekable"
+        widen_pipe(out)
         off = 0
         while off < r.size:
             data = r.read(off, min(READ_SIZE, r.size - off))
@@ -131,6 +143,7 @@ def write_extents(path: str, extents: Iterable[tuple[int, int]], out: int) -> in
     is seekable, as a stream of the device's size with zeros between them when not
     (the module docstring); the data bytes written."""
     kind = out_kind(out)
+    widen_pipe(out)
     zeros = memoryview(bytes(READ_SIZE)) if kind == "stream" else memoryview(b"")
     done = 0
     with Reader(path) as r:
