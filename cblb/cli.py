@@ -20,7 +20,7 @@ from .errors import CblbError
 from .output import emit_json
 
 # Modules under cblb/commands/ (or entry points: commands/__init__.py) adding subcommands, in help order.
-COMMAND_MODULES = ("lifecycle", "snapshot", "backup", "verify", "trace", "web", "bench")
+COMMAND_MODULES = ("lifecycle", "snapshot", "run", "backup", "verify", "trace", "web", "bench")
 
 EPILOG = """examples:
   cblb load --total 4
@@ -32,6 +32,8 @@ EPILOG = """examples:
   cblb release /mnt/snap                        # umount + remove
   cblb snapshot /dev/sdb1 /dev/sdc1 --mount /mnt/db   # one point in time for both (a set)
   cblb release /mnt/db                          # every member of the set
+  cblb run /dev/sda2 --mount /mnt/s -- restic -r /srv/restic backup /mnt/s
+  cblb cat shadow-sda2 | restic -r /srv/restic backup --stdin --stdin-filename sda2.img
   cblb list --json
 """
 
@@ -56,9 +58,24 @@ def _fail(args: argparse.Namespace, message: str, code: int) -> int:
     return code
 
 
+def split_command(argv: Sequence[str]) -> tuple[list[str], list[str] | None]:
+    """``cblb run ... -- COMMAND ARGS``: (cblb's own words, COMMAND's words), split at the
+    first ``--``, so that COMMAND's options are never taken for cblb's; None when the
+    subcommand is not run or no ``--`` was given."""
+    words = list(argv)
+    sub = next((w for w in words if not w.startswith("-")), None)
+    if sub != "run" or "--" not in words:
+        return words, None
+    i = words.index("--")
+    return words[:i], words[i + 1:]
+
+
 def main(argv: Sequence[str] | None = None, ctl: Controller | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    own, command = split_command(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(own)
+    if command is not None:
+        args.command_words = command
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

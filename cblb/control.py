@@ -41,6 +41,7 @@ from .errors import CblbError
 MODULE_NAME = "cblb_module"
 SYSFS_ROOT = Path("/sys/kernel/cblb")
 MODULE_SYSFS = Path(f"/sys/module/{MODULE_NAME}")
+RUN_DIR = Path("/run/cblb")      # markers of running `cblb run`s (cblb/run.py)
 CHUNK_SIZE = 4096
 SECTOR = 512
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,30}$")
@@ -377,15 +378,18 @@ def devnum_of_fs(path: Path) -> str:
 
 class System:
     """This machine as the controller sees it: the module's sysfs files, /dev, the mount
-    table and the programs it runs (insmod, rmmod, modinfo, blkid, mount, umount).
+    table, the programs it runs (insmod, rmmod, modinfo, blkid, mount, umount) and the
+    folder under /run where `cblb run` leaves its markers.
 
     Every method is one kernel interface; :class:`cblb.fake.FakeSystem` answers the same
     calls from a temporary folder, for host tests and the demo page.
     """
 
-    def __init__(self, sysfs: Path = SYSFS_ROOT, module_sysfs: Path = MODULE_SYSFS) -> None:
+    def __init__(self, sysfs: Path = SYSFS_ROOT, module_sysfs: Path = MODULE_SYSFS,
+                 run_dir: Path = RUN_DIR) -> None:
         self.sysfs = Path(sysfs)
         self.module_sysfs = Path(module_sysfs)
+        self.run_dir = Path(run_dir)       # where `cblb run` keeps its markers (tmpfs /run)
 
     def write_command(self, line: str) -> None:
         """One write(2) of ``line`` to /sys/kernel/cblb/cmd; the module's errno as OSError."""

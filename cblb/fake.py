@@ -178,7 +178,8 @@ class FakeSystem(System):
                  origin_bytes: int = DEFAULT_ORIGIN_BYTES,
                  cbt_max_bits: int = CBT_MAX_BITS) -> None:
         self.base = Path(base) if base else Path(tempfile.mkdtemp(prefix="cblb-fake-"))
-        super().__init__(self.base / "sys/kernel/cblb", self.base / f"sys/module/{MODULE_NAME}")
+        super().__init__(self.base / "sys/kernel/cblb", self.base / f"sys/module/{MODULE_NAME}",
+                         self.base / "run/cblb")
         self.origins = dict(origins or DEFAULT_ORIGINS)
         self.aliases = dict(aliases or {})
         self.origin_bytes = origin_bytes

@@ -13,12 +13,12 @@
 Everything that touches the kernel goes through ``app.config["CBLB_CONTROLLER"]``, a
 :class:`cblb.control.Controller`; tests and ``cblb web --standin`` give it a
 :class:`cblb.fake.FakeSystem`, so the page always runs the control library's own rules. The
-page's own rules (where it mounts, where it keeps temp files) are in web/policy.py.
+page's own rules (where it mounts, where it keeps temp files) are in cblb/folders.py.
 
 Threat model (README, "The web page"): a local user reaches the port but not the token
 (root-only file, refused if anyone else could read it), not a session (ids in root's
 memory, cookie ``cblb_session_PORT`` HttpOnly/SameSite=Strict), not a folder the page uses
-(web/policy.py: every folder from / owned by root, no symlinks), not the other loopback
+(cblb/folders.py: every folder from / owned by root, no symlinks), not the other loopback
 address (both are bound); they can guess tokens at one a second. A network user gets the
 same, with TLS on every bind that is not loopback (web/tls.py: the administrator's
 certificate or a self-signed one; ``--no-tls`` warns) or behind a trusted TLS proxy

@@ -174,6 +174,11 @@ def all_ratios(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             add(ratio(runs, f"catorigin/{t}/{ph}", "write_bw",
                       {"experiment": "catorigin", "target": t, "phase": ph},
                       {"experiment": "catorigin", "target": "none", "phase": ph}))
+    # cblb cat (issue 24): whole-device reads against dd of the origin, same repetition
+    for dev in devices_of(runs, "catstream"):
+        base = {"experiment": "catstream", "device": dev, "phase": "dd_origin"}
+        for ph in ("cat", "cat_pipe", "dd_snapshot"):
+            add(ratio(runs, f"catstream/{dev}/{ph}", "read_bw", {**base, "phase": ph}, base))
     sizes = sorted({r["file_size"] for r in runs if r["experiment"] == "filesize"})
     if sizes:
         den = {"experiment": "filesize", "file_size": sizes[-1]}

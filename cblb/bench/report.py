@@ -483,6 +483,14 @@ def render(results: dict[str, Any], out: Path) -> Path:
         [_ratio_rows(ratios, "tracer/"), _ratio_rows(ratios, "catorigin/")],
         [_summary_rows(summ, "tracer", ("write_bw",)),
          _summary_rows(summ, "catorigin", ("write_bw",))]))
+    cat = _ratio_rows(ratios, "catstream/")
+    if cat:
+        figs.append(_figure("cblb cat: whole-device reads against dd of the origin", None,
+                            [cat], [_summary_rows(summ, "catstream", ("read_bw",))],
+                            note="cat: cblb cat of an unchanged snapshot to /dev/null; "
+                            "cat_pipe: through a pipe into dd; dd_snapshot: dd of the "
+                            "snapshot device; each a ratio to dd of the origin (4 MiB "
+                            "O_DIRECT reads) in the same repetition."))
     cbt = [r for r in ratios if r["name"].startswith("cbt/") and r["metric"] == "write_bw"]
     figs.append(_figure("Changed-block tracking: cost on origin writes and kernel memory",
                         fig_simple_bars(results, out, "cbt_cost.png",

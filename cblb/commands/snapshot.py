@@ -10,6 +10,7 @@ from .. import oneshot
 from ..control import SET_MAX, Controller, Snapshot
 from ..errors import CblbError
 from ..output import emit_json, human_bytes, point_in_time
+from ..run import Runs
 from . import blocks_arg
 
 DESCRIPTION = f"""Take a snapshot in one step: load the module if needed, create, start and
@@ -76,7 +77,32 @@ def _snapshot_set(args: argparse.Namespace, ctl: Controller) -> int:
     return 0
 
 
+def _release_stale(args: argparse.Namespace, ctl: Controller) -> int:
+    """--stale: clean up after every 'cblb run' that was killed (cblb/run.py)."""
+    cleaned = Runs(ctl).release_stale()
+    left = [x for c in cleaned for x in c.left]
+    if args.json:
+        emit_json({"stale_runs": [c.to_json() for c in cleaned], "left": left})
+    elif not cleaned:
+        print("no stale cblb run: nothing to clean up")
+    for c in cleaned if not args.json else []:
+        what = ", ".join(c.removed) or "no snapshot left"
+        extra = (" (ended its command)" if c.ended_command else "") + \
+            (f"; removed {', '.join(c.folders)}" if c.folders else "")
+        print(f"run {c.pid} (killed): released {what}{extra}")
+    if left:
+        raise CblbError(f"could not clean up: {'; '.join(left)}", E.EBUSY)
+    return 0
+
+
 def _release(args: argparse.Namespace, ctl: Controller) -> int:
+    if args.stale:
+        code = _release_stale(args, ctl)
+        if not args.target:
+            return code
+    elif not args.target:
+        raise CblbError("give what to release (a mount folder, snapshot or set name), or "
+                        "--stale", E.EINVAL)
     done = oneshot.release(ctl, args.target)
     names = [s.name for s in done]
     if args.json:
@@ -115,9 +141,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "origins: {set, start_time_ns, snapshots})")
     p.set_defaults(func=_snapshot)
 
-    p = sub.add_parser("release", help="undo 'cblb snapshot': unmount and remove")
-    p.add_argument("target", nargs="+", metavar="TARGET",
+    p = sub.add_parser("release", help="undo 'cblb snapshot': unmount and remove; --stale: "
+                       "what killed 'cblb run's left")
+    p.add_argument("target", nargs="*", metavar="TARGET",
                    help="a mount folder or snapshot name; a set's name or the --mount DIR of "
                         "a set releases every member")
+    p.add_argument("--stale", action="store_true", help="clean up after every 'cblb run' "
+                   "that was killed: end what is left of its command, unmount and remove its "
+                   "snapshots, delete its folders and files (live runs are left alone)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=_release)

@@ -541,3 +541,25 @@ def test_runner_cbt_steps_over_the_fake_module(tmp_path: Path, monkeypatch):
     assert [t.disk for t in ctl.tracking()] == ["vdb1"]   # create tracks, remove does not end it
     r.cleanup_snapshots()
     assert ctl.tracking() == []
+
+
+def test_cblb_cat_against_dd_in_the_full_plan_only():
+    """Issue 24: `cblb cat` throughput as a ratio to dd of the origin, full mode only."""
+    for name, mode in runner.MODES.items():
+        r = runner.Runner(mode, Path("/nonexistent"), ctl=object(), argv=["cblb", "bench"])
+        labels = [s.label for s in r.plan() if "cblb cat vs dd" in s.label]
+        assert len(labels) == (len(mode.devices) * 3 if name == "full" else 0), name
+
+
+def test_catstream_ratios_to_dd_of_the_origin(tmp_path: Path):
+    runs = []
+    for rep in range(3):
+        for phase, bw in (("dd_origin", 400.0), ("dd_snapshot", 380.0), ("cat", 360.0 + rep),
+                          ("cat_pipe", 200.0)):
+            runs.append({"experiment": "catstream", "target": "cblb", "workload": "seqread",
+                         "phase": phase, "rep": rep, "warmup": False, "device": "ram",
+                         "metrics": {"read_bw": bw}, "info": {}})
+    got = an.by_name(an.all_ratios(runs))
+    assert got["catstream/ram/cat"]["value"] == pytest.approx(361 / 400)
+    assert got["catstream/ram/cat_pipe"]["value"] == pytest.approx(0.5)
+    assert got["catstream/ram/dd_snapshot"]["value"] == pytest.approx(0.95)

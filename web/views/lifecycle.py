@@ -3,7 +3,7 @@ snapshots as one set (one point in time), mount, umount, remove.
 
 Every value from a form goes to the control library, which validates it and says what to do
 when it refuses; the refusal is shown inline beside the form (HTTP 422). The page adds only
-the rules of web/policy.py (temp files only in CBLB_CATALOG_ROOTS, mounts only under
+the rules of cblb/folders.py (temp files only in CBLB_CATALOG_ROOTS, mounts only under
 CBLB_MOUNT_ROOTS), and destructive steps (remove, unload) need the snapshot's name typed back
 (``confirm``), after a GET that asks for it.
 
@@ -31,10 +31,10 @@ from flask import (
 
 from cblb.control import MAX_FILES, MAX_TOTAL, SECTOR, SetMember, validate_name
 from cblb.errors import CblbError
+from cblb.folders import check_catalog_dir, check_mount_dir, member_catalogs, within
 from cblb.oneshot import check_set_name_free, default_set_name
 
 from ..extensions import htmx
-from ..policy import check_catalog_dir, check_mount_dir, member_catalogs, within
 from . import Problem, controller
 from .context import devices_context, page_context, panel_context
 
@@ -186,7 +186,7 @@ def start(name: str) -> Any:
 @bp.post("/sets")
 def start_set() -> Any:
     """Start the ticked created snapshots at one point in time (startset). Each member's temp
-    files go in <catalog root>/<name> (web/policy.py); the sizes apply to each member."""
+    files go in <catalog root>/<name> (cblb/folders.py); the sizes apply to each member."""
     def run() -> str:
         ctl = controller()
         names = [n.strip() for n in request.form.getlist("member")]

@@ -1,5 +1,6 @@
-"""The page's own rules, on top of the control library's: it runs as root for whoever holds
-the token, so it touches the file system only in folders an administrator allowed.
+"""The folders cblb may use for temp files and mounts (the page, `cblb run`). The page runs
+as root for whoever holds the token, so it touches the file system only in folders an
+administrator allowed.
 
 - temp files go only in a folder at or under one of ``CBLB_CATALOG_ROOTS`` (default
   /var/lib/cblb; ``cblb web --catalog-root DIR`` sets them; /var/tmp is no default, any
