@@ -42,12 +42,7 @@ def changed_extents(ctl: Controller, name: str) -> tuple[Snapshot, int, list[tup
                         "or the snapshot is not started); copy it whole with 'cblb cat'",
                         E.ENOENT)
     size = ctl.system.device_size(ctl.system.device_file(snap.device))
-    cbs, bitmap = ctl.changed_blocks(name)
-    again = ctl.snapshot(name)
-    if (again.cbt_generation, again.cbt_sequence, again.start_time_ns) != \
-            (snap.cbt_generation, snap.cbt_sequence, snap.start_time_ns):
-        raise CblbError(f"{name} was removed and taken again while its map was read; run it "
-                        "again", E.EAGAIN)
+    cbs, bitmap = ctl.changed_blocks(name, expect=snap)
     nbits = -(-size // cbs)
     if len(bitmap) * 8 < nbits:
         raise CblbError(f"{name}'s changed-block map covers {len(bitmap) * 8 * cbs} bytes but "

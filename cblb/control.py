@@ -619,12 +619,13 @@ class Controller:
             kw[f] = int(v) if v.isdigit() else 0
         return Tracking(disk=d.name, **kw)
 
-    def changed_blocks(self, name: str) -> tuple[int, bytes]:
+    def changed_blocks(self, name: str, expect: Snapshot | None = None) -> tuple[int, bytes]:
         """(bytes per bit, map) of the blocks of ``name``'s origin written between the
         origin's previous start and this snapshot's: bit i (byte i // 8, bit i % 8, least
         significant first) set = block i changed. Refused before start, and when the
-        snapshot changed while its map was read."""
-        snap = self.snapshot(name)
+        snapshot changed while its map was read, or since ``expect`` (the caller's earlier
+        view of it, whose start the caller checked) was read."""
+        snap = expect or self.snapshot(name)
         if not snap.has_cbt:
             raise CblbError(f"{name} has no changed-block map: only a started snapshot has "
                             "one (and only from a module that tracks changes, "

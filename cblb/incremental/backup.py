@@ -127,12 +127,7 @@ class IncrementalBackup:
             if not os.path.isfile(self.image):
                 raise CblbError(f"{self.image} is not a regular file; an incremental backup "
                                 "is a file", E.EINVAL)
-        cbs, bitmap = ctl.changed_blocks(name)
-        again = ctl.snapshot(name)
-        if (again.cbt_generation, again.cbt_sequence, again.start_time_ns) != \
-                (snap.cbt_generation, snap.cbt_sequence, snap.start_time_ns):
-            raise CblbError(f"{name} was removed and taken again while the backup was being "
-                            "prepared; run it again", E.EAGAIN)
+        cbs, bitmap = ctl.changed_blocks(name, expect=snap)
         nbits = -(-self.size // cbs)
         if cbs != snap.cbt_block_size or len(bitmap) * 8 < nbits:
             raise CblbError(f"{name}'s changed-block map covers {len(bitmap) * 8 * cbs} bytes "

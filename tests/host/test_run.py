@@ -6,6 +6,7 @@ the real module and real restic, borg and tar (tests/lab/test_backup_tools.py)."
 
 from __future__ import annotations
 
+import errno as E
 import json
 import os
 import shutil
@@ -362,3 +363,18 @@ def test_systemd_units_verify(tmp_path: Path) -> None:
                         str(tmp_path / "cblb-backup@x.timer")],
                        capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 0 and not r.stderr.strip(), r.stderr
+
+
+def test_a_map_read_after_the_snapshot_was_taken_again_is_refused(
+        fake: FakeSystem, ctl: Controller, tmp_path: Path) -> None:
+    """The map must belong to the start the caller checked: a remove and a new start in
+    between give another start's map, refused with EAGAIN."""
+    cat = str(tmp_path / "cat")
+    s = oneshot.snapshot(ctl, "/dev/vdb1", None, catalog=cat)
+    seen = ctl.snapshot(s.name)
+    assert ctl.changed_blocks(s.name, expect=seen)[1]
+    oneshot.release(ctl, [s.name])
+    oneshot.snapshot(ctl, "/dev/vdb1", None, catalog=cat)
+    with pytest.raises(CblbError) as e:
+        ctl.changed_blocks(s.name, expect=seen)
+    assert e.value.errno == E.EAGAIN
