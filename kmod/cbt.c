@@ -18,6 +18,11 @@
  *   then, it is out of the hash). Taken in process context only.
  * - c->snap (the snapshot on this origin, at most one) is protected by
  *   cblb_cmd_lock; untrack is refused while it is set.
+ * - c->seal (kept across a restart, doc/CBT.md): set to SEALED by the seal command
+ *   under cblb_cmd_lock, then an RCU grace period; broken (SEAL_WRITTEN) by the handler
+ *   with cmpxchg, from any context, by start's rotation and by a restart.
+ * - c->fresh (a resume may still give this generation the saved one's place) is
+ *   protected by c->lock.
  */
 #define pr_fmt(fmt) "cblb: " fmt
 
@@ -37,6 +42,8 @@
 
 /* c->state: bit 0 is the current map's index; DUAL marks the other map as well. */
 #define CBT_DUAL	2
+/* c->seal: no seal; sealed and nothing marked since; marked (or rotated) after the seal. */
+enum { CBT_SEAL_NONE, CBT_SEALED, CBT_SEAL_WRITTEN };
 /* At most 2^27 bits (16 MiB) per map, so two maps cost at most 32 MiB per origin. */
 #define CBT_MAX_BITS_SHIFT	27
 
@@ -64,10 +71,12 @@ struct cblb_cbt {
 	unsigned long nbits;		/* lock for sysfs */
 	unsigned long *map[2];		/* lock for sysfs */
 	int state;			/* see above: release/acquire */
+	int seal;			/* CBT_SEAL_*: see the lock story */
 	struct cblb_snapshot *snap;	/* Protected by cblb_cmd_lock */
 	struct mutex lock;
 	uuid_t generation;		/* Protected by lock */
 	u64 sequence;			/* Protected by lock */
+	bool fresh;			/* no start and no resume since tracking began; lock */
 };
 
 static struct cblb_cbt *to_cbt(struct kobject *kobj)
@@ -119,6 +128,9 @@ void cblb_cbt_mark(struct bio *bio, bool again)
 		hi = min(end, c->start + c->sectors) - c->start;
 		first = (lo << SECTOR_SHIFT) >> c->block_shift;
 		last = (((hi - 1) << SECTOR_SHIFT)) >> c->block_shift;
+		/* A write after the seal: the saved map may miss it (doc/CBT.md). */
+		if (unlikely(READ_ONCE(c->seal) == CBT_SEALED))
+			cmpxchg(&c->seal, CBT_SEALED, CBT_SEAL_WRITTEN);
 		st = smp_load_acquire(&c->state);
 		if (!again) {
 			mark_bits(c->map[st & 1], first, last);
@@ -173,7 +185,22 @@ CBT_ATTR(changed_blocks, unsigned int, "%u",
 	 bitmap_weight(c->map[smp_load_acquire(&c->state) & 1], c->nbits))
 CBT_ATTR(memory_bytes, size_t, "%zu", 2 * BITS_TO_LONGS(c->nbits) * sizeof(long))
 
+/*
+ * Whether the map read since the seal holds every write: "yes" when sealed and nothing
+ * was marked since. The grace period first: a handler that marked before this read has
+ * finished, so its break of the seal is seen here.
+ */
+static ssize_t sealed_show(struct kobject *kobj, struct kobj_attribute *a, char *buf)
+{
+	static const char *const words[] = { "no", "yes", "written" };
+	struct cblb_cbt *c = to_cbt(kobj);
+
+	synchronize_rcu();
+	return sysfs_emit(buf, "%s\n", words[READ_ONCE(c->seal)]);
+}
+
 static struct kobj_attribute cbt_dev_attr = __ATTR_RO(dev);
+static struct kobj_attribute cbt_sealed_attr = __ATTR_RO(sealed);
 static struct kobj_attribute cbt_generation_attr = __ATTR_RO(generation);
 static struct kobj_attribute cbt_sequence_attr = __ATTR_RO(sequence);
 static struct kobj_attribute cbt_block_size_attr = __ATTR_RO(block_size);
@@ -184,10 +211,82 @@ static struct kobj_attribute cbt_memory_bytes_attr = __ATTR_RO(memory_bytes);
 static struct attribute *cbt_attrs[] = {
 	&cbt_dev_attr.attr, &cbt_generation_attr.attr, &cbt_sequence_attr.attr,
 	&cbt_block_size_attr.attr, &cbt_size_sectors_attr.attr,
-	&cbt_changed_blocks_attr.attr, &cbt_memory_bytes_attr.attr,
+	&cbt_changed_blocks_attr.attr, &cbt_memory_bytes_attr.attr, &cbt_sealed_attr.attr,
 	NULL,
 };
-ATTRIBUTE_GROUPS(cbt);
+
+/* pread of the current map (what was written since the last start): for a save. */
+static ssize_t map_read(struct file *f, struct kobject *kobj, cblb_bin_attr_arg *attr,
+			char *buf, loff_t off, size_t count)
+{
+	struct cblb_cbt *c = to_cbt(kobj);
+	size_t size;
+
+	mutex_lock(&c->lock);
+	size = BITS_TO_LONGS(c->nbits) * sizeof(long);
+	if (off >= size) {
+		count = 0;
+	} else {
+		count = min_t(size_t, count, size - off);
+		memcpy(buf, (char *)c->map[smp_load_acquire(&c->state) & 1] + off, count);
+	}
+	mutex_unlock(&c->lock);
+	return count;
+}
+
+/*
+ * pwrite into the current map, word by word ORed in as the handler marks, so no write
+ * marked meanwhile is lost: how a resume gives back the saved map. Only while the
+ * generation is fresh (no start, no resume since tracking began), in whole words.
+ */
+static ssize_t map_write(struct file *f, struct kobject *kobj, cblb_bin_attr_arg *attr,
+			 char *buf, loff_t off, size_t count)
+{
+	struct cblb_cbt *c = to_cbt(kobj);
+	const unsigned long *src = (const unsigned long *)buf;
+	unsigned long *cur;
+	size_t size, w;
+	ssize_t ret = count;
+
+	if (!IS_ALIGNED(off, sizeof(long)) || !IS_ALIGNED(count, sizeof(long)))
+		return -EINVAL;
+	mutex_lock(&c->lock);
+	size = BITS_TO_LONGS(c->nbits) * sizeof(long);
+	if (!c->fresh) {
+		ret = -EBUSY;
+	} else if (off + count > size) {
+		ret = -EFBIG;
+	} else {
+		cur = c->map[smp_load_acquire(&c->state) & 1] + off / sizeof(long);
+		for (w = 0; w < count / sizeof(long); w++)
+			if (src[w])
+				atomic_long_or(src[w], (atomic_long_t *)&cur[w]);
+	}
+	mutex_unlock(&c->lock);
+	return ret;
+}
+
+/* Size 0: sysfs clips neither reads nor writes; both stop at the map's end. */
+static struct bin_attribute cbt_map_attr = {
+	.attr = { .name = "map", .mode = 0600 },
+	.read = map_read,
+	.write = map_write,
+};
+
+static cblb_bin_attr_entry *cbt_bin_attrs[] = {
+	&cbt_map_attr,
+	NULL,
+};
+
+static const struct attribute_group cbt_group = {
+	.attrs = cbt_attrs,
+	.bin_attrs = cbt_bin_attrs,
+};
+
+static const struct attribute_group *cbt_groups[] = {
+	&cbt_group,
+	NULL,
+};
 
 static void cbt_free_maps(struct cblb_cbt *c)
 {
@@ -261,8 +360,10 @@ static int cbt_begin(struct cblb_cbt *c, struct block_device *bdev)
 	c->sectors = bdev_nr_sectors(bdev);
 	c->diskseq = cblb_diskseq(bdev->bd_disk);
 	smp_store_release(&c->state, 0);
+	WRITE_ONCE(c->seal, CBT_SEAL_NONE);
 	uuid_gen(&c->generation);
 	c->sequence = 0;
+	c->fresh = true;
 	mutex_unlock(&c->lock);
 	kvfree(m0);	/* the old maps, if any */
 	kvfree(m1);
@@ -432,6 +533,12 @@ int cblb_cbt_prepare(struct cblb_snapshot *s)
 		return err;
 	/* Nobody marks it: it stopped being current (and dual) a grace period ago. */
 	bitmap_zero(c->map[!(c->state & 1)], c->nbits);
+	/* The maps rotate: a map saved before is no longer the current one. */
+	if (READ_ONCE(c->seal) == CBT_SEALED)
+		WRITE_ONCE(c->seal, CBT_SEAL_WRITTEN);
+	mutex_lock(&c->lock);
+	c->fresh = false;
+	mutex_unlock(&c->lock);
 	return 0;
 }
 
@@ -582,6 +689,92 @@ int cblb_cmd_untrack(const char *path)
 	} else {
 		cbt_destroy(c);
 	}
+	mutex_unlock(&cblb_cmd_lock);
+	return err;
+}
+
+/* The tracked origin at path, under cblb_cmd_lock; NULL with *errp set (and said) if none. */
+static struct cblb_cbt *cbt_of_path(const char *cmd, const char *path, int *errp)
+{
+	struct cblb_cbt *c;
+	dev_t dev;
+
+	lockdep_assert_held(&cblb_cmd_lock);
+	*errp = cblb_lookup_bdev(path, &dev);
+	if (*errp) {
+		pr_notice_ratelimited("%s: %s is not a block device (%d)\n", cmd, path, *errp);
+		return NULL;
+	}
+	c = cbt_find(dev);
+	if (!c) {
+		pr_notice_ratelimited("%s: %s is not tracked\n", cmd, path);
+		*errp = -ENOENT;
+	}
+	return c;
+}
+
+/*
+ * seal: from now on a write to the origin breaks the seal (the "sealed" attribute says
+ * "written"), so a map read after this command is known complete while it says "yes".
+ * After the grace period no handler that missed the seal is still marking.
+ */
+int cblb_cmd_seal(const char *path)
+{
+	struct cblb_cbt *c;
+	int err;
+
+	mutex_lock(&cblb_cmd_lock);
+	c = cbt_of_path("seal", path, &err);
+	if (c && c->snap) {
+		pr_notice_ratelimited("seal: %s has snapshot %s; remove it first\n", path,
+				      c->snap->name);
+		err = -EBUSY;
+	} else if (c) {
+		WRITE_ONCE(c->seal, CBT_SEALED);
+		synchronize_rcu();
+	}
+	mutex_unlock(&cblb_cmd_lock);
+	return err;
+}
+
+/*
+ * resume: a fresh generation (tracking began, no start since) takes the place of a saved
+ * one: its generation and sequence. User space checked that nothing escaped between the
+ * save and this tracking, and wrote the saved map into the "map" attribute (doc/CBT.md).
+ */
+int cblb_cmd_resume(const char *path, const char *generation, u64 sequence,
+		    unsigned int block_size)
+{
+	struct cblb_cbt *c;
+	uuid_t g;
+	int err;
+
+	if (uuid_parse(generation, &g) || uuid_is_null(&g)) {
+		pr_notice_ratelimited("resume: %s is not a generation (a UUID)\n", generation);
+		return -EINVAL;
+	}
+	mutex_lock(&cblb_cmd_lock);
+	c = cbt_of_path("resume", path, &err);
+	if (!c)
+		goto out_unlock;
+	mutex_lock(&c->lock);
+	if (!c->fresh || c->snap) {
+		pr_notice_ratelimited("resume: %s was started or resumed since its tracking began; untrack and track it again\n",
+				      path);
+		err = -EBUSY;
+	} else if (block_size != 1U << c->block_shift) {
+		pr_notice_ratelimited("resume: %s is tracked in blocks of %u bytes, not %u\n",
+				      path, 1U << c->block_shift, block_size);
+		err = -EINVAL;
+	} else {
+		c->generation = g;
+		c->sequence = sequence;
+		c->fresh = false;
+		pr_info("%s: tracking resumed: generation %pUb, sequence %llu\n",
+			kobject_name(&c->kobj), &g, sequence);
+	}
+	mutex_unlock(&c->lock);
+out_unlock:
 	mutex_unlock(&cblb_cmd_lock);
 	return err;
 }

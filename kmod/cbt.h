@@ -20,6 +20,9 @@ unsigned int cblb_cbt_block_size(struct cblb_snapshot *s);
 ssize_t cblb_cbt_read_map(struct cblb_snapshot *s, char *buf, loff_t off, size_t count);
 int cblb_cmd_track(const char *path);
 int cblb_cmd_untrack(const char *path);
+int cblb_cmd_seal(const char *path);
+int cblb_cmd_resume(const char *path, const char *generation, u64 sequence,
+		    unsigned int block_size);
 void cblb_cbt_exit(void);
 
 #endif /* CBLB_CBT_H */

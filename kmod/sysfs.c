@@ -86,8 +86,8 @@ usage:
 static int run_cmd(char *line, char **w)
 {
 	int n = split_words(line, w, CMD_WORDS);
-	unsigned long long blocks;
-	unsigned int files;
+	unsigned long long blocks, seq;
+	unsigned int files, bsize;
 
 	if (n == -E2BIG && !strcmp(w[0], "startset")) {
 		pr_notice_ratelimited("startset: at most %d members\n", CBLB_SET_MAX);
@@ -118,6 +118,20 @@ static int run_cmd(char *line, char **w)
 		}
 		return w[0][0] == 't' ? cblb_cmd_track(w[1]) : cblb_cmd_untrack(w[1]);
 	}
+	if (!strcmp(w[0], "seal")) {
+		if (n != 2) {
+			pr_notice_ratelimited("seal: usage: seal <partition>\n");
+			return -EINVAL;
+		}
+		return cblb_cmd_seal(w[1]);
+	}
+	if (!strcmp(w[0], "resume")) {
+		if (n != 5 || kstrtoull(w[3], 10, &seq) || kstrtouint(w[4], 10, &bsize)) {
+			pr_notice_ratelimited("resume: usage: resume <partition> <generation> <sequence> <block size>\n");
+			return -EINVAL;
+		}
+		return cblb_cmd_resume(w[1], w[2], seq, bsize);
+	}
 	if (!strcmp(w[0], "remove")) {
 		if (n != 2) {
 			pr_notice_ratelimited("remove: usage: remove <dev>\n");
@@ -126,7 +140,7 @@ static int run_cmd(char *line, char **w)
 		return cblb_cmd_remove(w[1]);
 	}
 usage:
-	pr_notice_ratelimited("unknown command; use create, start, startset, remove, track or untrack\n");
+	pr_notice_ratelimited("unknown command; use create, start, startset, remove, track, untrack, seal or resume\n");
 	return -EINVAL;
 }
 
