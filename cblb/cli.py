@@ -20,7 +20,7 @@ from .errors import CblbError
 from .output import emit_json
 
 # Modules under cblb/commands/ (or entry points: commands/__init__.py) adding subcommands, in help order.
-COMMAND_MODULES = ("lifecycle", "snapshot", "run", "backup", "verify", "trace", "web", "bench")
+COMMAND_MODULES = ("lifecycle", "snapshot", "tracking", "run", "backup", "verify", "trace", "web", "bench")
 
 EPILOG = """examples:
   cblb load --total 4

@@ -703,6 +703,61 @@ class Controller:
             E.EPERM: "writing /sys/kernel/cblb/cmd needs CAP_SYS_ADMIN",
         })
 
+    # ---- tracking kept across a restart (kmod/doc/CBT.md, cblb/keep.py) ----------
+    def seal(self, partition: str) -> None:
+        """seal <partition>: from now on a write to it shows in its ``sealed`` attribute,
+        so a map read after this is known complete while that attribute says yes."""
+        node = self.system.resolve(partition)
+        self._cmd(f"seal {node}", {
+            E.ENOENT: f"{partition} is not tracked",
+            E.ENOTBLK: f"{partition} is not a block device",
+            E.EBUSY: f"{partition}: a snapshot of it exists; remove it first",
+            E.EINVAL: "the module does not know 'seal': load a module of cblb 0.17 or later",
+        })
+
+    def sealed(self, t: Tracking) -> str:
+        """``yes`` (sealed, nothing written since), ``written`` or ``no``."""
+        try:
+            return (self.root / "tracking" / t.disk / "sealed").read_text().strip()
+        except FileNotFoundError:
+            return "no"
+
+    def current_map(self, t: Tracking) -> bytes:
+        """The map of what was written to ``t`` since its last start (read page by page)."""
+        parts = []
+        fd = os.open(self.root / "tracking" / t.disk / "map", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            off = 0
+            while chunk := os.pread(fd, MAP_READ, off):
+                parts.append(chunk)
+                off += len(chunk)
+        finally:
+            os.close(fd)
+        return b"".join(parts)
+
+    def give_back_map(self, t: Tracking, bitmap: bytes) -> None:
+        """OR a saved map into ``t``'s current one (only while its generation is fresh)."""
+        fd = os.open(self.root / "tracking" / t.disk / "map", os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            view, off = memoryview(bitmap), 0
+            while off < len(bitmap):  # sysfs takes a page per write
+                off += os.pwrite(fd, view[off:off + 4096], off)
+        except OSError as e:
+            raise CblbError(f"{t.disk}: the module refused the saved map: "
+                            f"{os.strerror(e.errno or 0)}", e.errno or E.EIO) from None
+        finally:
+            os.close(fd)
+
+    def resume(self, partition: str, generation: str, sequence: int, block_size: int) -> None:
+        """resume <partition> ...: its fresh generation takes the saved one's place."""
+        node = self.system.resolve(partition)
+        self._cmd(f"resume {node} {generation} {sequence} {block_size}", {
+            E.ENOENT: f"{partition} is not tracked",
+            E.EBUSY: f"{partition} was started or resumed since its tracking began",
+            E.EINVAL: f"{partition}: the module refused generation {generation} or block "
+                      f"size {block_size}",
+        })
+
     def _mountpoint_of(self, majmin: str) -> str:
         for m in self.system.mounts():
             if m.dev == majmin:

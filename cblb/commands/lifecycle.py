@@ -5,8 +5,10 @@ takes --json (what changed, as one JSON object)."""
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
+from .. import keep
 from ..control import MAX_TOTAL, Controller, ModuleStatus, check_total
 from ..errors import CblbError
 from ..output import emit_json, human_bytes, table
@@ -110,6 +112,8 @@ def _track(args: argparse.Namespace, ctl: Controller) -> int:
 
 def _untrack(args: argparse.Namespace, ctl: Controller) -> int:
     ctl.untrack(args.partition)
+    # not tracked at the next boot either (cblb-tracking.service)
+    keep.forget(keep.KEEP_DIR, os.path.basename(os.path.realpath(args.partition)))
     return _say(args, f"{args.partition}: no longer tracked; its next backup must be a full one",
                 {"partition": args.partition, "tracked": False})
 

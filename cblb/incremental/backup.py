@@ -77,7 +77,8 @@ def check_since(snap: Snapshot, size: int, prev: Link) -> None:
     if prev.generation != snap.cbt_generation:
         raise CblbError(f"{prev.path} is from changed-block generation {prev.generation[:8]} "
                         f"but {snap.name} is from {snap.cbt_generation[:8]} (the module was "
-                        "reloaded, or the origin resized, changed or untracked since): "
+                        "reloaded without a saved tracking, or the origin resized, changed "
+                        "or untracked since): "
                         f"{FULL_HINT}", E.ESTALE)
     if prev.sequence != snap.cbt_sequence - 1:
         if prev.sequence >= snap.cbt_sequence:
