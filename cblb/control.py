@@ -748,12 +748,15 @@ class Controller:
         finally:
             os.close(fd)
 
-    def resume(self, partition: str, generation: str, sequence: int, block_size: int) -> None:
-        """resume <partition> ...: its fresh generation takes the saved one's place."""
+    def resume(self, partition: str, generation: str, sequence: int, block_size: int,
+               fresh: str) -> None:
+        """resume <partition> ...: its fresh generation ``fresh`` (the one the saved map was
+        written into) takes the saved one's place."""
         node = self.system.resolve(partition)
-        self._cmd(f"resume {node} {generation} {sequence} {block_size}", {
+        self._cmd(f"resume {node} {generation} {sequence} {block_size} {fresh}", {
             E.ENOENT: f"{partition} is not tracked",
-            E.EBUSY: f"{partition} was started or resumed since its tracking began",
+            E.EBUSY: f"{partition} was started, resumed or tracked anew since generation "
+                     f"{fresh[:8]} began",
             E.EINVAL: f"{partition}: the module refused generation {generation} or block "
                       f"size {block_size}",
         })

@@ -11,8 +11,9 @@ generation (its next ``--since`` refuses with its one line):
 
 - at save: no snapshot of the origin (its maps rotate at start), the origin not mounted
   read-write (a later write would be missed), the keep folder not on the origin; the
-  module's ``seal`` makes any write after it visible, and the record is written only if
-  the ``sealed`` attribute still says ``yes`` once the record is on disk;
+  device's dirty page cache flushed, then the module's ``seal`` makes any write after it
+  visible; the record is written to a temporary file and renamed into place only if,
+  after a second flush, the ``sealed`` attribute still says ``yes``;
 - at resume, after tracking began (so any write from then on is in the map): the record
   says ``saved`` (a boot that resumed rewrites it to ``live`` before it resumes, so a
   crash or power cut leaves ``live`` behind); the device is the same (size, the
@@ -202,12 +203,41 @@ def _save_refusal(ctl: Controller, t: Tracking, keep_dir: str) -> str:
     return ""
 
 
+def flush_device(device: str) -> None:
+    """Send the device's dirty page cache (buffered writes to the raw device) to it now,
+    so that they are marked before the seal, or break it."""
+    fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _Unsealed(Exception):
+    """Written while its map was saved: the record is not renamed into place."""
+
+
 def save_one(ctl: Controller, t: Tracking, keep_dir: str) -> Outcome:
+    """Save one origin; any failure leaves a live record (a new generation after the
+    restart), with the reason."""
     device = f"/dev/{t.disk}"
+    try:
+        return _save_one(ctl, t, keep_dir, device)
+    except (CblbError, OSError) as e:
+        why = f"saving failed: {e}"
+        try:
+            _live(keep_dir, t, f"not saved at shutdown: {why}")
+        except OSError:
+            pass    # then the previous record, live since the boot, stays
+        return Outcome(device, False, t.generation, t.sequence, why)
+
+
+def _save_one(ctl: Controller, t: Tracking, keep_dir: str, device: str) -> Outcome:
     why = _save_refusal(ctl, t, keep_dir)
     stamp: Stamp | None = None
     if not why:
         try:
+            flush_device(device)
             stamp = read_stamp(device)
         except OSError as e:
             why = f"it cannot be read ({os.strerror(e.errno or 0)})"
@@ -225,8 +255,16 @@ def save_one(ctl: Controller, t: Tracking, keep_dir: str) -> Outcome:
     rec = Record(state="saved", device=device, identity=identity(ctl, device), stamp=stamp,
                  generation=now.generation, sequence=now.sequence,
                  block_size=now.block_size, bitmap=ctl.current_map(now), boot_id=boot_id())
-    _write(keep_dir, t.disk, rec)
-    if ctl.sealed(now) != "yes":
+    os.makedirs(keep_dir, mode=0o700, exist_ok=True)
+    try:
+        # Renamed into place only once the seal held to here; a power loss before that
+        # leaves the previous record, live since the boot.
+        with AtomicFile(_record_path(keep_dir, t.disk), perm=0o600) as f:
+            f.write(rec.encode())
+            flush_device(device)
+            if ctl.sealed(now) != "yes":
+                raise _Unsealed
+    except _Unsealed:
         why = "it was written while its map was saved"
         _live(keep_dir, t, f"not saved at shutdown: {why}")
         return Outcome(device, False, t.generation, t.sequence, why)
@@ -278,7 +316,22 @@ def _resume_refusal(ctl: Controller, rec: Record, t: Tracking) -> str:
 
 
 def resume_one(ctl: Controller, path: str, keep_dir: str) -> Outcome:
+    """Resume one origin, or give it a new generation; on every road but the resume the
+    record is left live (or rewritten so), so that it is never trusted at a later boot."""
     disk = os.path.basename(path)[:-len(SUFFIX)]
+    try:
+        return _resume_one(ctl, path, keep_dir, disk)
+    except (CblbError, OSError) as e:
+        why = f"resuming failed: {e}"
+        try:
+            _write(keep_dir, disk, Record(state="live", device=f"/dev/{disk}",
+                                          boot_id=boot_id(), reason=f"new generation: {why}"))
+        except OSError:
+            pass
+        return Outcome(f"/dev/{disk}", False, why=why)
+
+
+def _resume_one(ctl: Controller, path: str, keep_dir: str, disk: str) -> Outcome:
     rec: Record | None = None
     try:
         with open(path, "rb") as f:
@@ -297,11 +350,8 @@ def resume_one(ctl: Controller, path: str, keep_dir: str) -> Outcome:
             _write(keep_dir, disk, rec)
         return Outcome(device, False, why=why)
     t = next((x for x in ctl.tracking() if x.disk == disk), None)
-    try:
-        if t is None:
-            t = ctl.track(device)
-    except CblbError as e:
-        return Outcome(device, False, why=f"it cannot be tracked: {e}")
+    if t is None:
+        t = ctl.track(device)     # a refusal: resume_one leaves the record live
     if t.sequence:
         why = why or "it was started since its tracking began"
     if not why and rec is not None:
@@ -314,7 +364,8 @@ def resume_one(ctl: Controller, path: str, keep_dir: str) -> Outcome:
     _live(keep_dir, t, f"resumed generation {rec.generation} at sequence {rec.sequence}")
     try:
         ctl.give_back_map(t, rec.bitmap)
-        ctl.resume(device, rec.generation, rec.sequence, rec.block_size)
+        # names the generation the map went into: refused if it was re-made meanwhile
+        ctl.resume(device, rec.generation, rec.sequence, rec.block_size, t.generation)
     except CblbError as e:
         return Outcome(device, False, t.generation, t.sequence, f"the module refused: {e}")
     return Outcome(device, True, rec.generation, rec.sequence)

@@ -200,7 +200,7 @@ static ssize_t sealed_show(struct kobject *kobj, struct kobj_attribute *a, char 
 }
 
 static struct kobj_attribute cbt_dev_attr = __ATTR_RO(dev);
-static struct kobj_attribute cbt_sealed_attr = __ATTR_RO(sealed);
+static struct kobj_attribute cbt_sealed_attr = __ATTR_RO_MODE(sealed, 0400);
 static struct kobj_attribute cbt_generation_attr = __ATTR_RO(generation);
 static struct kobj_attribute cbt_sequence_attr = __ATTR_RO(sequence);
 static struct kobj_attribute cbt_block_size_attr = __ATTR_RO(block_size);
@@ -740,27 +740,36 @@ int cblb_cmd_seal(const char *path)
 /*
  * resume: a fresh generation (tracking began, no start since) takes the place of a saved
  * one: its generation and sequence. User space checked that nothing escaped between the
- * save and this tracking, and wrote the saved map into the "map" attribute (doc/CBT.md).
+ * save and this tracking, and wrote the saved map into the "map" attribute of the fresh
+ * generation it names, which must still be the current one (doc/CBT.md).
  */
-int cblb_cmd_resume(const char *path, const char *generation, u64 sequence,
-		    unsigned int block_size)
+static int parse_generation(const char *text, uuid_t *g)
 {
-	struct cblb_cbt *c;
-	uuid_t g;
-	int err;
-
-	if (uuid_parse(generation, &g) || uuid_is_null(&g)) {
-		pr_notice_ratelimited("resume: %s is not a generation (a UUID)\n", generation);
+	if (strlen(text) != UUID_STRING_LEN || uuid_parse(text, g) || uuid_is_null(g)) {
+		pr_notice_ratelimited("resume: %s is not a generation (a UUID)\n", text);
 		return -EINVAL;
 	}
+	return 0;
+}
+
+int cblb_cmd_resume(const char *path, const char *generation, u64 sequence,
+		    unsigned int block_size, const char *fresh)
+{
+	struct cblb_cbt *c;
+	uuid_t g, f;
+	int err;
+
+	if (parse_generation(generation, &g) || parse_generation(fresh, &f))
+		return -EINVAL;
 	mutex_lock(&cblb_cmd_lock);
 	c = cbt_of_path("resume", path, &err);
 	if (!c)
 		goto out_unlock;
 	mutex_lock(&c->lock);
-	if (!c->fresh || c->snap) {
-		pr_notice_ratelimited("resume: %s was started or resumed since its tracking began; untrack and track it again\n",
-				      path);
+	if (!c->fresh || c->snap || !uuid_equal(&c->generation, &f)) {
+		/* Another generation than the one the saved map was written into. */
+		pr_notice_ratelimited("resume: %s was started, resumed or tracked anew since generation %pUb began; untrack and track it again\n",
+				      path, &f);
 		err = -EBUSY;
 	} else if (block_size != 1U << c->block_shift) {
 		pr_notice_ratelimited("resume: %s is tracked in blocks of %u bytes, not %u\n",

@@ -22,7 +22,7 @@ int cblb_cmd_track(const char *path);
 int cblb_cmd_untrack(const char *path);
 int cblb_cmd_seal(const char *path);
 int cblb_cmd_resume(const char *path, const char *generation, u64 sequence,
-		    unsigned int block_size);
+		    unsigned int block_size, const char *fresh);
 void cblb_cbt_exit(void);
 
 #endif /* CBLB_CBT_H */

@@ -126,11 +126,11 @@ static int run_cmd(char *line, char **w)
 		return cblb_cmd_seal(w[1]);
 	}
 	if (!strcmp(w[0], "resume")) {
-		if (n != 5 || kstrtoull(w[3], 10, &seq) || kstrtouint(w[4], 10, &bsize)) {
-			pr_notice_ratelimited("resume: usage: resume <partition> <generation> <sequence> <block size>\n");
+		if (n != 6 || kstrtoull(w[3], 10, &seq) || kstrtouint(w[4], 10, &bsize)) {
+			pr_notice_ratelimited("resume: usage: resume <partition> <generation> <sequence> <block size> <fresh generation>\n");
 			return -EINVAL;
 		}
-		return cblb_cmd_resume(w[1], w[2], seq, bsize);
+		return cblb_cmd_resume(w[1], w[2], seq, bsize, w[5]);
 	}
 	if (!strcmp(w[0], "remove")) {
 		if (n != 2) {
