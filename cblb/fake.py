@@ -49,19 +49,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .control import (
+from .model import (
     CHUNK_SIZE,
     MAX_FILE_SIZE,
     MAX_FILES,
     MIN_FILE_SIZE,
-    MODULE_NAME,
     NAME_RE,
     NULL_UUID,
     SECTOR,
     SET_MAX,
-    Mount,
-    System,
 )
+from .system import MODULE_NAME, Mount, System
 
 DEFAULT_ORIGINS = {"/dev/vdb1": (254, 17), "/dev/vdb2": (254, 18), "/dev/loop0": (7, 0)}
 DEFAULT_ORIGIN_BYTES = 4 << 30       # what every fake origin holds

@@ -36,8 +36,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .. import __version__, stream
-from ..control import Controller, Tracking, devnum
+from ..control import Controller
 from ..errors import CblbError
+from ..model import Tracking
+from ..system import devnum
 from . import SCHEMA_VERSION
 from . import devices as dv
 from .workloads import (

@@ -7,8 +7,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..control import MAX_TOTAL, Controller, ModuleStatus, check_total
+from ..control import Controller
 from ..errors import CblbError
+from ..model import MAX_TOTAL, ModuleStatus, check_total
 from ..output import emit_json, human_bytes, table
 from . import blocks_arg
 

@@ -135,7 +135,7 @@ def test_tracking_begins_at_create_and_lives_across_snapshots(fake, ctl, dirs, c
 
 
 def test_set_members_each_advance_their_origin(fake, ctl, dirs):
-    from cblb.control import SetMember
+    from cblb.model import SetMember
 
     cat, _ = dirs
     ctl.create("a", "/dev/vdb1")

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from cblb.cli import main
-from cblb.control import Controller, SetMember, SnapshotState
+from cblb.control import Controller
 from cblb.errors import CblbError
 from cblb.fake import FakeSystem
+from cblb.model import SetMember, SnapshotState
 
 MIB = 1 << 20
 
