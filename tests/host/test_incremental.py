@@ -1,4 +1,4 @@
-"""Incremental backups over the fake module (cblb/fake.py models cbt.c: kmod/doc/CBT.md):
+"""Incremental backups over the fake module (cblb/fake/ models cbt.c: kmod/doc/CBT.md):
 the fake's tracking itself, full backup -> writes -> snapshot -> `backup --since` ->
 `restore` -> `verify --against SNAPSHOT` over several chained cycles, manifest blocks smaller
 and larger than map blocks, every refusal (generation, sequence, origin, missing or wrong
