@@ -26,9 +26,10 @@ import json
 import os
 from typing import Any
 
-from .control import Controller, Snapshot
+from .control import Controller
 from .errors import CblbError
 from .incremental import FULL_HINT, Link, changed_runs, check_since, read_link
+from .model import Snapshot
 
 FORMAT = 1
 

@@ -17,8 +17,12 @@ Every refusal is a :class:`~cblb.errors.CblbError` whose message says what to do
 state allows which step is written once, in :meth:`Snapshot.require`; the page's templates
 and the command line ask it (``s.can_mount``) instead of comparing state names.
 
-The machine itself (sysfs, /dev, the mount table, the programs run) is a :class:`System`;
-:mod:`cblb.fake` gives one with a fake module behind the same files, for host tests and
+This module holds the :class:`Controller` only. What it reads and checks is the model
+(:mod:`cblb.model`: :class:`~cblb.model.Snapshot`, :class:`~cblb.model.Tracking`, the
+limits and validators, no I/O); the machine itself (sysfs, /dev, the mount table, the
+programs run) is the system seam (:mod:`cblb.system`), any object with the methods of
+:class:`~cblb.system.SystemLike`: :class:`~cblb.system.System` on this machine,
+:mod:`cblb.fake`'s FakeSystem with a fake module behind the same files, for host tests and
 ``cblb web --standin``.
 """
 
@@ -26,242 +30,40 @@ from __future__ import annotations
 
 import errno as E
 import os
-import re
 import shutil
-import stat
 import subprocess
 import time
-from dataclasses import asdict, dataclass, field
-from enum import Enum
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Sequence
 
 from .errors import CblbError
+from .model import (
+    NAME_RE,
+    NULL_UUID,
+    SECTOR,
+    SET_MAX,
+    ModuleStatus,
+    SetMember,
+    Snapshot,
+    SnapshotState,
+    Tracking,
+    check_start_args,
+    check_total,
+    validate_name,
+)
+from .system import (
+    MODULE_NAME,
+    SYSFS_ROOT,
+    System,
+    SystemLike,
+    check_block_device,
+    devnum,
+    devnum_of_fs,
+)
 
-MODULE_NAME = "cblb_module"
-SYSFS_ROOT = Path("/sys/kernel/cblb")
-MODULE_SYSFS = Path(f"/sys/module/{MODULE_NAME}")
-RUN_DIR = Path("/run/cblb")      # markers of running `cblb run`s (cblb/run.py)
-CHUNK_SIZE = 4096
-SECTOR = 512
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,30}$")
-MAX_FILES = 4096
-SET_MAX = 16                 # members of one startset (CBLB_SET_MAX)
-MIN_FILE_SIZE = 8
-MAX_FILE_SIZE = 2**31 - 1
-MAX_TOTAL = 255
 # Every snapshot mount: read-only, no set-uid programs, no device files; noexec unless asked.
 MOUNT_BASE = "ro,nosuid,nodev"
 MOUNT_FS_OPTIONS = {"ext4": "noload", "ext3": "noload", "xfs": "norecovery,nouuid"}
-
-
-class SnapshotState(str, Enum):
-    """Mirror of the module's state machine (kmod/doc/INTERFACE.md).
-
-    created --start--> active --store full / I/O error--> failed; remove from any state.
-    """
-
-    CREATED = "created"
-    ACTIVE = "active"
-    FAILED = "failed"
-    UNKNOWN = "unknown"
-
-    @classmethod
-    def parse(cls, text: str) -> SnapshotState:
-        try:
-            return cls(text.strip())
-        except ValueError:
-            return cls.UNKNOWN
-
-    @property
-    def can_start(self) -> bool:
-        return self is SnapshotState.CREATED
-
-    @property
-    def can_read(self) -> bool:
-        """The device holds the point in time: it can be mounted and copied."""
-        return self is SnapshotState.ACTIVE
-
-    @property
-    def failed(self) -> bool:
-        return self is SnapshotState.FAILED
-
-
-# What each step needs, written once: (allowed?, message, errno) per step.
-ACTIONS = ("start", "mount", "back up", "compare", "umount", "remove")
-
-
-@dataclass
-class Snapshot:
-    """One snapshot device as the module reports it in /sys/kernel/cblb/<name>/."""
-
-    name: str
-    state: SnapshotState
-    origin: str
-    origin_dev: str = ""
-    catalog: str = ""
-    file_size: int = 0
-    max_files: int = 0
-    files_used: int = 0
-    chunk_size: int = CHUNK_SIZE
-    cow_chunks: int = 0
-    cow_bytes: int = 0
-    store_capacity: int = 0
-    error: str = ""
-    start_time_ns: int = 0
-    start_latency_us: int = 0
-    frozen_us: int = 0          # first freeze to last thaw of its start (a set's: all)
-    freeze: str = ""
-    set_name: str = ""          # the set it was started with (startset), "" if alone
-    index_bytes: int = 0
-    store_extents: list[tuple[int, int]] = field(default_factory=list)
-    # Changed-block tracking of this start (kmod/doc/CBT.md); "" and 0 before start.
-    cbt_generation: str = ""    # the origin's generation (UUID) at this start
-    cbt_sequence: int = 0       # this start's number in that generation: 1, 2, ...
-    cbt_block_size: int = 0     # bytes per bit of cbt_map
-    cbt_changed_blocks: int = 0  # bits set in cbt_map
-    mountpoint: str = ""
-    unreadable: bool = False    # its sysfs files could not be parsed (``error`` says why)
-
-    @classmethod
-    def unreadable_one(cls, name: str, why: str) -> Snapshot:
-        """What a listing shows for a device whose sysfs files make no sense: the name, state
-        unknown (so no guard allows anything), and why, instead of failing the whole list."""
-        return cls(name=name, state=SnapshotState.UNKNOWN, origin="", error=why,
-                   unreadable=True)
-
-    @property
-    def device(self) -> str:
-        return f"/dev/{self.name}"
-
-    # ---- the lifecycle guards: every caller asks these, none compares state names ----
-    @property
-    def can_start(self) -> bool:
-        return self.state.can_start
-
-    @property
-    def can_mount(self) -> bool:
-        return self.state.can_read and not self.mountpoint
-
-    @property
-    def can_back_up(self) -> bool:
-        return self.state.can_read
-
-    @property
-    def can_umount(self) -> bool:
-        return bool(self.mountpoint)
-
-    @property
-    def can_remove(self) -> bool:
-        return not self.mountpoint
-
-    def require(self, action: str) -> None:
-        """Refuse ``action`` (one of ACTIONS) unless this snapshot's state allows it."""
-        st = self.state.value
-        if action == "start" and not self.can_start:
-            raise CblbError(f"{self.name} is already {st}; only a created snapshot can be "
-                            "started", E.EALREADY)
-        if action == "mount":
-            if not self.state.can_read:
-                raise CblbError(f"{self.name} is {st}; only an active snapshot can be mounted",
-                                E.EINVAL)
-            if self.mountpoint:
-                raise CblbError(f"{self.name} is already mounted at {self.mountpoint}", E.EBUSY)
-        if action in ("back up", "compare") and not self.can_back_up:
-            why = f" ({self.error})" if self.error else ""
-            what = "copied" if action == "back up" else "compared with its origin"
-            raise CblbError(f"{self.name} is {st}{why}; only an active snapshot can be {what}",
-                            E.EINVAL)
-        if action == "umount" and not self.can_umount:
-            raise CblbError(f"{self.name} is not mounted", E.EINVAL)
-        if action == "remove" and not self.can_remove:
-            raise CblbError(f"{self.name} is mounted at {self.mountpoint}: unmount it first "
-                            f"(cblb umount {self.name})", E.EBUSY,
-                            page=f"{self.name} is mounted at {self.mountpoint}: unmount it "
-                                 "first")
-        if action not in ACTIONS:
-            raise ValueError(f"unknown action {action!r}")
-
-    @property
-    def has_cbt(self) -> bool:
-        """This start froze a map of the blocks changed since the origin's previous start."""
-        return bool(self.cbt_generation) and self.cbt_sequence > 0 and self.cbt_block_size > 0
-
-    @property
-    def store_bytes(self) -> int:
-        """Bytes the temp files can hold in all."""
-        return self.store_capacity * self.chunk_size
-
-    @property
-    def store_used_fraction(self) -> float:
-        return self.cow_chunks / self.store_capacity if self.store_capacity else 0.0
-
-    def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["state"] = self.state.value
-        d["device"] = self.device
-        d["store_extents"] = [list(x) for x in self.store_extents]
-        return d
-
-
-NULL_UUID = "00000000-0000-0000-0000-000000000000"   # a snapshot's generation before start
-
-
-@dataclass
-class Tracking:
-    """One origin whose changed blocks the module tracks, as it reports it in
-    /sys/kernel/cblb/tracking/<disk>/ (kmod/doc/CBT.md)."""
-
-    disk: str                   # the folder's name: the kernel's name of the origin (sda2)
-    dev: str = ""               # major:minor
-    generation: str = ""        # UUID; new whenever continuity was lost
-    sequence: int = 0           # of the last start (0 before the first)
-    block_size: int = 0         # bytes per map bit
-    size_sectors: int = 0
-    changed_blocks: int = 0     # written since the last start
-    memory_bytes: int = 0       # the two maps
-
-    @property
-    def size(self) -> int:
-        return self.size_sectors * SECTOR
-
-    @property
-    def changed_bytes(self) -> int:
-        """Bytes written since the last start, in whole map blocks (at most the size)."""
-        return min(self.changed_blocks * self.block_size, self.size)
-
-    @property
-    def short_generation(self) -> str:
-        return self.generation[:8]
-
-    def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["size"] = self.size
-        d["changed_bytes"] = self.changed_bytes
-        return d
-
-
-@dataclass
-class ModuleStatus:
-    loaded: bool
-    total: int = 0
-    version: str = ""
-    snapshots: list[Snapshot] = field(default_factory=list)
-    tracking: list[Tracking] = field(default_factory=list)
-
-    def tracking_of(self, snap: Snapshot) -> Tracking | None:
-        """The tracked origin of ``snap``, if any."""
-        return next((t for t in self.tracking if t.dev == snap.origin_dev), None)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "loaded": self.loaded,
-            "total": self.total,
-            "version": self.version,
-            "snapshots": [s.to_json() for s in self.snapshots],
-            "tracking": [t.to_json() for t in self.tracking],
-        }
-
 
 _INT_FIELDS = (
     "file_size", "max_files", "files_used", "chunk_size", "cow_chunks", "cow_bytes",
@@ -274,169 +76,7 @@ _TRACKING_INT_FIELDS = ("sequence", "block_size", "size_sectors", "changed_block
 MAP_READ = 1 << 20           # bytes per pread of a cbt_map
 
 
-class SetMember(NamedTuple):
-    """One member of a snapshot set: the words of the seed's start command."""
-
-    name: str
-    catalog: str
-    file_size: int
-    max_files: int
-
-
-def check_total(total: int) -> int:
-    """total=N of the module: 1..MAX_TOTAL, or a refusal saying so."""
-    if not 1 <= total <= MAX_TOTAL:
-        raise CblbError(f"total={total} is out of range: choose 1..{MAX_TOTAL}", E.EINVAL)
-    return total
-
-
-def validate_name(name: str, what: str = "snapshot") -> None:
-    """A snapshot name becomes /dev/<name>: letters, digits, '.', '_' and '-', 1..31 chars.
-    Set names follow the same rule."""
-    if not NAME_RE.fullmatch(name):
-        shown = repr(name) if len(name) <= 40 else f"{name[:40]!r}... ({len(name)} characters)"
-        raise CblbError(
-            f"invalid {what} name {shown}: use 1-31 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit (example: shadow-sda2)", E.EINVAL)
-
-
-def check_block_device(path: str,
-                       stat_fn: Callable[[str], os.stat_result] = os.stat) -> os.stat_result:
-    try:
-        st = stat_fn(path)
-    except FileNotFoundError:
-        raise CblbError(f"{path}: no such device; give a partition such as /dev/sda2",
-                        E.ENOENT) from None
-    except PermissionError:
-        raise CblbError(f"{path}: permission denied; run as root", E.EACCES) from None
-    if not stat.S_ISBLK(st.st_mode):
-        raise CblbError(f"{path} is not a block device; give a partition such as /dev/sda2",
-                        E.ENOTBLK)
-    return st
-
-
-def block_device_size(path: str) -> int:
-    """Size in bytes of a block device (or of a regular file)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        return os.lseek(fd, 0, os.SEEK_END)
-    finally:
-        os.close(fd)
-
-
-@dataclass
-class Mount:
-    """One line of /proc/self/mountinfo."""
-
-    dev: str          # major:minor
-    target: str
-    fstype: str
-    source: str
-    options: str      # the mount point's own options (ro,nosuid,nodev,noexec,...)
-
-
-def _unescape(field: str) -> str:
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
-
-
-def parse_mountinfo(text: str) -> list[Mount]:
-    out = []
-    for line in text.splitlines():
-        parts = line.split()
-        if "-" not in parts:
-            continue
-        sep = parts.index("-")
-        out.append(Mount(parts[2], _unescape(parts[4]), parts[sep + 1],
-                         _unescape(parts[sep + 2]), parts[5]))
-    return out
-
-
-def check_start_args(snap: Snapshot, catalog: str, file_size: int, max_files: int) -> str:
-    """Refuse what 'start' would refuse, before the kernel sees it; the absolute catalog."""
-    snap.require("start")
-    if not MIN_FILE_SIZE <= file_size <= MAX_FILE_SIZE:
-        raise CblbError(f"file size {file_size} is out of range: {MIN_FILE_SIZE}.."
-                        f"{MAX_FILE_SIZE} blocks of 512 bytes", E.EINVAL)
-    if not 1 <= max_files <= MAX_FILES:
-        raise CblbError(f"max files {max_files} is out of range: 1..{MAX_FILES}", E.EINVAL)
-    catalog = os.path.abspath(catalog)
-    if any(c.isspace() for c in catalog):
-        raise CblbError(f"catalog path {catalog!r} contains blanks; the module's command "
-                        "syntax cannot carry them: use a path without spaces", E.EINVAL)
-    return catalog
-
-
-def devnum(st: os.stat_result) -> str:
-    return f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
-
-
-def devnum_of_fs(path: Path) -> str:
-    """major:minor of the device the filesystem holding path lives on."""
-    st = os.stat(path)
-    return f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
-
-
-class System:
-    """This machine as the controller sees it: the module's sysfs files, /dev, the mount
-    table, the programs it runs (insmod, rmmod, modinfo, blkid, mount, umount) and the
-    folder under /run where `cblb run` leaves its markers.
-
-    Every method is one kernel interface; :class:`cblb.fake.FakeSystem` answers the same
-    calls from a temporary folder, for host tests and the demo page.
-    """
-
-    def __init__(self, sysfs: Path = SYSFS_ROOT, module_sysfs: Path = MODULE_SYSFS,
-                 run_dir: Path = RUN_DIR) -> None:
-        self.sysfs = Path(sysfs)
-        self.module_sysfs = Path(module_sysfs)
-        self.run_dir = Path(run_dir)       # where `cblb run` keeps its markers (tmpfs /run)
-
-    def write_command(self, line: str) -> None:
-        """One write(2) of ``line`` to /sys/kernel/cblb/cmd; the module's errno as OSError."""
-        fd = os.open(self.sysfs / "cmd", os.O_WRONLY)
-        try:
-            os.write(fd, line.encode())
-        finally:
-            os.close(fd)
-
-    def run(self, argv: list[str]) -> subprocess.CompletedProcess[str]:
-        """Run a program; FileNotFoundError when it is not installed."""
-        return subprocess.run(argv, capture_output=True, text=True, check=False)
-
-    def stat(self, path: str) -> os.stat_result:
-        return os.stat(path)
-
-    def device_size(self, path: str) -> int:
-        """Size in bytes of a block device (an origin, to plan its store)."""
-        return block_device_size(path)
-
-    def resolve(self, path: str) -> str:
-        """The path with every symbolic link resolved (the device node, the real folder)."""
-        return os.path.realpath(path)
-
-    def device_file(self, path: str) -> str:
-        """What to open to read the device node ``path`` (a snapshot or an origin): the node
-        itself on this machine; :class:`cblb.fake.FakeSystem` answers with the file that
-        stands in for it."""
-        return path
-
-    def mounts(self) -> list[Mount]:
-        with open("/proc/self/mountinfo") as f:
-            return parse_mountinfo(f.read())
-
-    def block_name_taken(self, name: str) -> bool:
-        return Path(f"/sys/class/block/{name}").exists() or os.path.lexists(f"/dev/{name}")
-
-    def module_candidates(self, module_dir: Path | None) -> list[Path]:
-        kver = os.uname().release
-        out = [Path(module_dir) / f"{MODULE_NAME}.ko"] if module_dir else []
-        here = Path(__file__).resolve().parent.parent / "kmod"
-        return out + [here / "build" / kver / f"{MODULE_NAME}.ko", here / f"{MODULE_NAME}.ko",
-                      Path(f"/lib/modules/{kver}/kernel/drivers/block/{MODULE_NAME}.ko"),
-                      Path(f"/lib/modules/{kver}/updates/dkms/{MODULE_NAME}.ko")]
-
-
-def _run(system: System, argv: list[str], what: str) -> subprocess.CompletedProcess[str]:
+def _run(system: SystemLike, argv: list[str], what: str) -> subprocess.CompletedProcess[str]:
     try:
         return system.run(argv)
     except FileNotFoundError:
@@ -449,8 +89,8 @@ class Controller:
     (default: this one, with ``root`` as its sysfs folder)."""
 
     def __init__(self, root: Path = SYSFS_ROOT, module_dir: Path | None = None,
-                 system: System | None = None) -> None:
-        self.system = system or System(Path(root))
+                 system: SystemLike | None = None) -> None:
+        self.system: SystemLike = system or System(Path(root))
         self.root = self.system.sysfs
         self.module_dir = module_dir
 

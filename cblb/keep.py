@@ -43,10 +43,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .control import Controller, Tracking, devnum, devnum_of_fs
+from .control import Controller
 from .errors import CblbError
 from .fsio import AtomicFile
 from .fsstamp import Stamp, read_stamp
+from .model import Tracking
+from .system import devnum, devnum_of_fs
 
 KEEP_DIR = "/var/lib/cblb/tracking"
 MAGIC = b"CBLB-TRACKING 1\n"

@@ -22,18 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .control import (
-    MAX_FILES,
-    SECTOR,
-    SET_MAX,
-    Controller,
-    SetMember,
-    Snapshot,
-    check_block_device,
-    devnum,
-    validate_name,
-)
+from .control import Controller
 from .errors import CblbError
+from .model import MAX_FILES, SECTOR, SET_MAX, SetMember, Snapshot, validate_name
+from .system import check_block_device, devnum
 
 MIB = 1 << 20
 MIN_FILE = 8 * MIB

@@ -56,8 +56,10 @@ from types import FrameType
 from typing import Any, Callable, Iterator, Sequence
 
 from . import changes, oneshot
-from .control import Controller, Snapshot, check_block_device, devnum
+from .control import Controller
 from .errors import CblbError
+from .model import Snapshot
+from .system import check_block_device, devnum
 
 RUNS = "runs"
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)

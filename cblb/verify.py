@@ -21,10 +21,11 @@ from dataclasses import dataclass, field
 from itertools import zip_longest
 from typing import Any, Generator, Union
 
-from .control import SECTOR, Controller
+from .control import Controller
 from .errors import CblbError
 from .hashing import DEFAULT_ALGORITHM, DEFAULT_BLOCK_SIZE, Engine, Progress, Source, differing_blocks
 from .manifest import Manifest, ManifestWriter, is_manifest
+from .model import SECTOR
 
 Side = Union[Source, Manifest]
 Range = tuple[int, int]  # inclusive first and last block

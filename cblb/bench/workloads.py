@@ -10,8 +10,9 @@ Every figure comes from a run of at least ``runtime`` seconds (5 s in ``--quick`
 - *rewrite* pass: ``time_based`` over a span whose every chunk is already copied: for
   sequential writes the span the first pass wrote ([0, its bytes)); for random ones the
   whole region, after a sequential pass (``FILL``, not measured) has copied the chunks the
-  first pass left. (fio's ``loops`` cannot replay a capped random pass: checked with
-  write_iolog on fio 3.33, the second loop neither re-seeds nor stops at ``io_size``.)
+  first pass left (:func:`rewrite_span`). (fio's ``loops`` cannot replay a capped random
+  pass: checked with write_iolog on fio 3.33, the second loop neither re-seeds nor stops
+  at ``io_size``.)
   Peers publish one number mixing first writes and rewrites.
 """
 
@@ -161,6 +162,16 @@ def run_fio(wl: Workload, filename: str, size: int, *, offset: int = 0,
     r = parse_fio_json(p.stdout)
     r.argv = argv[1:]
     return r
+
+
+def rewrite_span(wl: Workload, path: str, region: int, done: int) -> tuple[int, int]:
+    """(span, bytes written to fill it): the span a rewrite pass runs over, time-based,
+    whose every chunk the snapshot has already copied. A sequential first pass copied
+    [0, done); after a random one, a sequential pass over the region (not measured)
+    copies the chunks it left."""
+    if wl.rw == "write":
+        return max(wl.bs, done // wl.bs * wl.bs), 0
+    return region, run_fio(FILL, path, region).write_bytes
 
 
 def read_lat_log(path: str) -> list[tuple[float, float]]:

@@ -13,10 +13,11 @@ import errno as E
 import os
 
 from ..backup import MANIFEST_SUFFIX, backup
-from ..control import NAME_RE, Controller
+from ..control import Controller
 from ..errors import CblbError
 from ..hashing import ALGORITHMS, DEFAULT_ALGORITHM, DEFAULT_BLOCK_SIZE
 from ..incremental import CHAIN_SUFFIX, IncrementalBackup, Restore, forget_full_record, record_full
+from ..model import NAME_RE
 from ..output import emit_json, human_bytes
 from ..progress import progress_bar
 from .verify import _device_size, block_size_arg, threads_arg

@@ -63,7 +63,8 @@ def _bench(args: argparse.Namespace, ctl: Controller) -> int:
         raise CblbError("cblb bench loads the module and sets up loop devices: run it as root "
                         "(in the lab: scripts/lab --kver 6.12 -- python3 -m cblb.cli bench "
                         "--quick)")
-    from ..bench.runner import MODES, Runner
+    from ..bench.modes import MODES
+    from ..bench.runner import Runner
     mode = "tiny" if args.tiny else "quick" if args.quick else "full"
     cfg = MODES[mode]
     if args.reps:

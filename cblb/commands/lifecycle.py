@@ -9,8 +9,9 @@ import os
 from typing import Any
 
 from .. import keep
-from ..control import MAX_TOTAL, Controller, ModuleStatus, check_total
+from ..control import Controller
 from ..errors import CblbError
+from ..model import MAX_TOTAL, ModuleStatus, check_total
 from ..output import emit_json, human_bytes, table
 from . import blocks_arg
 

@@ -15,8 +15,9 @@ import errno as E
 import sys
 
 from .. import changes, stream
-from ..control import SET_MAX, Controller
+from ..control import Controller
 from ..errors import CblbError
+from ..model import SET_MAX
 from ..output import emit_json
 from ..run import run
 from . import blocks_arg

@@ -7,8 +7,9 @@ import argparse
 import errno as E
 
 from .. import oneshot
-from ..control import SET_MAX, Controller, Snapshot
+from ..control import Controller
 from ..errors import CblbError
+from ..model import SET_MAX, Snapshot
 from ..output import emit_json, human_bytes, point_in_time
 from ..run import Runs
 from . import blocks_arg

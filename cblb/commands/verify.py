@@ -16,9 +16,10 @@ import errno as E
 import os
 import sys
 
-from ..control import NAME_RE, Controller
+from ..control import Controller
 from ..errors import CblbError
 from ..hashing import ALGORITHMS, DEFAULT_BLOCK_SIZE, check_manifest_block_size, parse_size
+from ..model import NAME_RE
 from ..output import emit_json, human_bytes
 from ..progress import progress_bar
 from ..verify import (

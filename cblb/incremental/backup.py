@@ -17,10 +17,11 @@ from typing import Any
 
 from .. import fsio
 from ..backup import MANIFEST_SUFFIX
-from ..control import Controller, Snapshot
+from ..control import Controller
 from ..errors import CblbError
 from ..hashing import Engine, Progress, Source, hash_blocks, read_error, short_read_error
 from ..manifest import Manifest, ManifestWriter
+from ..model import Snapshot
 from .chain import CHAIN_SUFFIX, FULL_HINT, Link, chain_files, chain_record, checksum_hex, read_link
 from .extents import changed_runs, group_extents
 from .image import DATA_ALIGN, EXTENT, HEAD, pack_header

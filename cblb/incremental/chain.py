@@ -31,9 +31,9 @@ from typing import Any
 
 from .. import fsio
 from ..backup import MANIFEST_SUFFIX
-from ..control import Snapshot
 from ..errors import CblbError
 from ..manifest import HEADER_SIZE, ManifestHeader, parse_header
+from ..model import Snapshot
 from .image import check_extents, is_incremental, read_header
 
 CHAIN_SUFFIX = ".chain"

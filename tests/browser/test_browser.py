@@ -7,7 +7,7 @@ lab-out/screenshots/<mode>-NN-<step>.png.
 Two modes:
 
 - host (default): the app is served in this process on 127.0.0.1 with the real control
-  library over a fake module (cblb/fake.py), so the page can be checked without the kernel;
+  library over a fake module (cblb/fake/), so the page can be checked without the kernel;
   it asks for the access token like any other, and the test logs in through the form;
 - lab (``CBLB_BROWSER_LAB=1``): the page is served from the lab guest against the real
   module. This test boots it with ``scripts/lab --port N -- .venv/bin/python

@@ -1,6 +1,6 @@
 """Fixtures shared by the host tests.
 
-- ``fake``: the fake module and machine (cblb/fake.py) in a temporary folder, the module
+- ``fake``: the fake module and machine (cblb/fake/) in a temporary folder, the module
   loaded with 4 slots; a test file needing other options defines its own ``fake``, and
   ``ctl`` then drives that one.
 - ``ctl``: the real control library over ``fake``.

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from cblb.bench import analysis as an
-from cblb.bench import devices, report, runner
+from cblb.bench import devices, modes, report, runner
+from cblb.bench.experiments import cbt
 from cblb.bench.workloads import WORKLOADS, parse_fio_json
 from cblb.cli import build_parser, main
 
@@ -221,7 +222,7 @@ def test_parse_dm_status():
 def test_quick_plan_fits_the_time_budget():
     """make bench-quick must stay under 20 minutes including the boot: the plan's own
     estimate (seconds per step, from the runtime of each fio run) leaves room for it."""
-    mode = runner.MODES["quick"]
+    mode = modes.MODES["quick"]
     r = runner.Runner(mode, Path("/nonexistent"), ctl=object(), argv=["cblb", "bench"])
     steps = r.plan()
     total = sum(s.weight for s in steps)
@@ -462,7 +463,7 @@ def test_report_shows_cbt_cost_and_memory(tmp_path: Path):
 
 
 def test_plans_pair_each_tracked_run_with_a_no_snapshot_run():
-    for name, mode in runner.MODES.items():
+    for name, mode in modes.MODES.items():
         r = runner.Runner(mode, Path("/nonexistent"), ctl=object(), argv=["cblb", "bench"])
         steps = r.plan()
         assert steps[0].label.startswith("changed-block tracking: kernel memory of a 1 TiB")
@@ -483,7 +484,7 @@ def test_plans_pair_each_tracked_run_with_a_no_snapshot_run():
         assert sum("changed-block tracking rep" in lab for lab in labels) == \
             reps * len(mode.cbt_workloads) * len(mode.devices)
     # tiny runs inside make test: the tracking runs add well under a minute there
-    tiny = runner.Runner(runner.MODES["tiny"], Path("/nonexistent"), ctl=object(),
+    tiny = runner.Runner(modes.MODES["tiny"], Path("/nonexistent"), ctl=object(),
                          argv=["cblb", "bench"]).plan()
     assert sum(s.weight for s in tiny if "changed-block tracking" in s.label) < 60
 
@@ -508,16 +509,16 @@ def test_runner_cbt_steps_over_the_fake_module(tmp_path: Path, monkeypatch):
 
     fake = FakeSystem(tmp_path / "fake", loaded=True, origin_bytes=64 * MiB)
     ctl = Controller(system=fake)
-    r = runner.Runner(runner.MODES["tiny"], tmp_path / "out", ctl=ctl, argv=["cblb", "bench"])
+    r = runner.Runner(modes.MODES["tiny"], tmp_path / "out", ctl=ctl, argv=["cblb", "bench"])
     origin = _FakeLoop("/dev/vdb1", 64 * MiB)
-    r.dev = devices.DeviceSet("ssd", origin, origin, None, {})  # type: ignore[arg-type]
+    r.rig.dev = devices.DeviceSet("ssd", origin, origin, None, {})  # type: ignore[arg-type]
 
     def fio(wl, filename, size, **kw):
         fake.write_origin(filename, 0, b"x" * (3 * 4096))   # three map blocks
         return FioResult(write_bytes=3 * 4096, write_bw=1e6, runtime_s=2.0, argv=["fio"])
 
-    monkeypatch.setattr(runner, "run_fio", fio)
-    r.cbt_one(WORKLOADS["rand4k"], 1)
+    monkeypatch.setattr(cbt, "run_fio", fio)
+    cbt.cbt_one(r.rig, WORKLOADS["rand4k"], 1)
     (run,) = [x for x in r.results["runs"] if x["experiment"] == "cbt"]
     assert (run["target"], run["phase"], run["rep"], run["device"]) == ("tracked", "base", 1,
                                                                        "ssd")
@@ -528,8 +529,8 @@ def test_runner_cbt_steps_over_the_fake_module(tmp_path: Path, monkeypatch):
 
     fake.sizes["/dev/vdb2"] = TiB
     big = _FakeLoop("/dev/vdb2", TiB)
-    monkeypatch.setattr(runner.dv, "make_loop", lambda size, tag, sparse=False: big)
-    r.cbt_memory()
+    monkeypatch.setattr(devices, "make_loop", lambda size, tag, sparse=False: big)
+    cbt.cbt_memory(r.rig)
     mem = r.results["runs"][-1]
     assert (mem["phase"], mem["device"]) == ("memory", "ram")
     assert mem["metrics"]["cbt_memory_per_tib_bytes"] == 32 * MiB
@@ -539,13 +540,13 @@ def test_runner_cbt_steps_over_the_fake_module(tmp_path: Path, monkeypatch):
     ctl.create("s", "/dev/vdb1")
     ctl.remove("s")
     assert [t.disk for t in ctl.tracking()] == ["vdb1"]   # create tracks, remove does not end it
-    r.cleanup_snapshots()
+    r.rig.cleanup_snapshots()
     assert ctl.tracking() == []
 
 
 def test_cblb_cat_against_dd_in_the_full_plan_only():
     """Issue 24: `cblb cat` throughput as a ratio to dd of the origin, full mode only."""
-    for name, mode in runner.MODES.items():
+    for name, mode in modes.MODES.items():
         r = runner.Runner(mode, Path("/nonexistent"), ctl=object(), argv=["cblb", "bench"])
         labels = [s.label for s in r.plan() if "cblb cat vs dd" in s.label]
         assert len(labels) == (len(mode.devices) * 3 if name == "full" else 0), name

@@ -13,10 +13,12 @@ from pathlib import Path
 import pytest
 
 from cblb.cli import build_parser, main
-from cblb.control import Controller, Snapshot, SnapshotState, check_block_device, validate_name
+from cblb.control import Controller
 from cblb.errors import CblbError
 from cblb.fake import FakeSystem
+from cblb.model import Snapshot, SnapshotState, validate_name
 from cblb.oneshot import MIB, SEED_FILE, default_name, plan_store
+from cblb.system import check_block_device
 from cblb.units import parse_blocks
 
 

@@ -1,4 +1,4 @@
-"""Incremental backups over the fake module (cblb/fake.py models cbt.c: kmod/doc/CBT.md):
+"""Incremental backups over the fake module (cblb/fake/ models cbt.c: kmod/doc/CBT.md):
 the fake's tracking itself, full backup -> writes -> snapshot -> `backup --since` ->
 `restore` -> `verify --against SNAPSHOT` over several chained cycles, manifest blocks smaller
 and larger than map blocks, every refusal (generation, sequence, origin, missing or wrong
@@ -135,7 +135,7 @@ def test_tracking_begins_at_create_and_lives_across_snapshots(fake, ctl, dirs, c
 
 
 def test_set_members_each_advance_their_origin(fake, ctl, dirs):
-    from cblb.control import SetMember
+    from cblb.model import SetMember
 
     cat, _ = dirs
     ctl.create("a", "/dev/vdb1")

@@ -1,9 +1,13 @@
 """The Python package's imports go one way, down: pyproject.toml's import-linter contracts.
 
 The page (web) sits over the command line (cblb.cli, then cblb.commands), which sits over the
-core library (every other module of cblb). `lint-imports` (import-linter, from the venv) reads
-the contracts from pyproject.toml; the second test proves it catches an upward import by adding
-one to a copy of the package. No network: import-linter only parses the sources.
+core library (every other module of cblb). Inside it, the controller (cblb.control) sits over
+the system seam (cblb.system) and the model (cblb.model, no I/O: not even subprocess); the
+bench's plan over its experiments (which never import each other) over its rig; the fake
+machine's parts over one another, never importing the controller. `lint-imports`
+(import-linter, from the venv) reads the contracts from pyproject.toml; the second test proves
+it catches each kind of wrong import by adding one to a copy of the package. No network:
+import-linter only parses the sources.
 """
 
 from __future__ import annotations
@@ -39,6 +43,14 @@ def test_the_python_layers_hold():
     ("cblb/control.py", "from cblb.commands import blocks_arg"),  # the core, a subcommand
     ("cblb/commands/verify.py", "from cblb import cli"),        # a subcommand, the command line
     ("web/views/devices.py", "from web.views import lifecycle"),  # one blueprint, another
+    ("cblb/model.py", "import subprocess"),                     # the model runs a program
+    ("cblb/model.py", "from cblb.system import Mount"),         # the model, the machine
+    ("cblb/system.py", "from cblb.control import Controller"),  # the seam, the controller
+    ("cblb/bench/experiments/compare.py", "from cblb.bench.experiments import cbt"),
+    ("cblb/bench/rig.py", "from cblb.bench.experiments import compare"),  # the rig, upward
+    ("cblb/bench/workloads.py", "from cblb.bench.rig import Rig"),
+    ("cblb/fake/devices.py", "from cblb.fake import module"),   # the devices, upward
+    ("cblb/fake/module.py", "from cblb.control import Controller"),  # the fake, the rules
 ])
 def test_an_upward_import_breaks_the_check(tmp_path, module, line):
     for package in ("cblb", "web"):

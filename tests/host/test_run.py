@@ -1,5 +1,5 @@
 """`cblb run`, `cblb cat`, `cblb changes` and `cblb release --stale` on the host, through
-the real control library over the fake module (cblb/fake.py): the command's environment and
+the real control library over the fake module (cblb/fake/): the command's environment and
 exit code, the release on failure and on signals, the refusal of a second run, the cleanup
 after a killed run, and the bytes `cat` and `changes` write. The lab runs the same with
 the real module and real restic, borg and tar (tests/lab/test_backup_tools.py)."""

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from cblb.cli import main
-from cblb.control import Controller, SetMember, SnapshotState
+from cblb.control import Controller
 from cblb.errors import CblbError
 from cblb.fake import FakeSystem
+from cblb.model import SetMember, SnapshotState
 
 MIB = 1 << 20
 
@@ -107,14 +108,14 @@ def test_controller_names_the_member_the_module_refused(fake: FakeSystem, ctl: C
     ctl.load(4)
     ctl.create("a", "/dev/vdb1")
     ctl.create("b", "/dev/vdb2")
-    real_prepare = fake._prepare_member
+    real_prepare = fake.module._prepare_member
 
     def prepare(catalog: str) -> None:
         if catalog.endswith("/b"):
             raise OSError(errno.ELOOP, catalog)
         real_prepare(catalog)
 
-    monkeypatch.setattr(fake, "_prepare_member", prepare)
+    monkeypatch.setattr(fake.module, "_prepare_member", prepare)
     for n in ("a", "b"):
         (tmp_path / n).mkdir()
     members = [SetMember(n, str(tmp_path / n), 2048, 4) for n in ("a", "b")]
@@ -240,7 +241,7 @@ def test_snapshot_set_refused_by_the_module_leaves_nothing(fake: FakeSystem, ctl
         if catalog.endswith("shadow-vdb2"):
             raise OSError(errno.EXDEV, catalog)
 
-    monkeypatch.setattr(fake, "_prepare_member", prepare)
+    monkeypatch.setattr(fake.module, "_prepare_member", prepare)
     err = refused(ctl, capsys, "snapshot", "/dev/vdb1", "/dev/vdb2", "--catalog",
                   str(tmp_path / "cat"), "--set", "db")
     assert err.startswith("cblb: set db not started: member shadow-vdb2: catalog ")

@@ -15,8 +15,8 @@ import pytest
 
 from cblb import cli
 from cblb.commands import verify as verify_cmd
-from cblb.control import Snapshot, SnapshotState
 from cblb.errors import CblbError
+from cblb.model import Snapshot, SnapshotState
 from cblb.verify import (
     Comparison,
     account,

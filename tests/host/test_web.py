@@ -457,7 +457,7 @@ def test_start_set_refused_by_the_module_starts_none(web_client, web_ctl, fake, 
         if catalog.endswith("/b"):
             raise OSError(errno.EXDEV, catalog)
 
-    monkeypatch.setattr(fake, "_prepare_member", prepare)
+    monkeypatch.setattr(fake.module, "_prepare_member", prepare)
     r = post(web_client, "/sets", set_form(web_catalog), htmx=True)
     assert r.status_code == 422
     assert "set db not started: member b:" in text(r) and 'data-for="set"' in text(r)

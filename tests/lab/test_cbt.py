@@ -32,7 +32,8 @@ from conftest import (
 )
 
 from cblb.cli import main as cli_main
-from cblb.control import Controller, SetMember, SnapshotState
+from cblb.control import Controller
+from cblb.model import SetMember, SnapshotState
 
 pytestmark = pytest.mark.lab
 ROOT = Path(__file__).resolve().parents[2]

@@ -25,7 +25,8 @@ from conftest import (
     teardown_scratch,
 )
 
-from cblb.control import Controller, SnapshotState
+from cblb.control import Controller
+from cblb.model import SnapshotState
 
 pytestmark = pytest.mark.lab
 CMD = "/sys/kernel/cblb/cmd"

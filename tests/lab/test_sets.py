@@ -28,8 +28,9 @@ from conftest import (
     teardown_scratch,
 )
 
-from cblb.control import Controller, SetMember, SnapshotState
+from cblb.control import Controller
 from cblb.errors import CblbError
+from cblb.model import SetMember, SnapshotState
 
 pytestmark = pytest.mark.lab
 SYSFS = Path("/sys/kernel/cblb")

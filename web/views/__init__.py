@@ -10,8 +10,8 @@ from typing import Any
 
 from flask import current_app, session
 
-from cblb.control import ModuleStatus
 from cblb.errors import CblbError
+from cblb.model import ModuleStatus
 
 from ..history import History
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from flask import current_app, get_flashed_messages, request
 
-from cblb.control import MAX_TOTAL
+from cblb.model import MAX_TOTAL
 from cblb.output import human_bytes
 
 from .. import svg

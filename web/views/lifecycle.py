@@ -29,9 +29,9 @@ from flask import (
     url_for,
 )
 
-from cblb.control import MAX_FILES, MAX_TOTAL, SECTOR, SetMember, validate_name
 from cblb.errors import CblbError
 from cblb.folders import check_catalog_dir, check_mount_dir, member_catalogs, within
+from cblb.model import MAX_FILES, MAX_TOTAL, SECTOR, SetMember, validate_name
 from cblb.oneshot import check_set_name_free, default_set_name
 
 from ..extensions import htmx

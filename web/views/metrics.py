@@ -9,8 +9,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from cblb.control import SnapshotState
 from cblb.errors import CblbError
+from cblb.model import SnapshotState
 
 bp = Blueprint("metrics", __name__)
 
