@@ -76,6 +76,29 @@ _TRACKING_INT_FIELDS = ("sequence", "block_size", "size_sectors", "changed_block
 MAP_READ = 1 << 20           # bytes per pread of a cbt_map
 
 
+def _read_map(fd: int) -> bytes:
+    """All of a change map's attribute (sysfs gives it a page or so per read); closes fd."""
+    parts = []
+    try:
+        off = 0
+        while chunk := os.pread(fd, MAP_READ, off):
+            parts.append(chunk)
+            off += len(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(parts)
+
+
+def _tracked_refusals(partition: str) -> dict[int, str]:
+    """What the module's refusals of a command on a tracked origin mean."""
+    return {
+        E.ENOENT: f"{partition} is not tracked",
+        E.ENOTBLK: f"{partition} is not a block device",
+        E.EBUSY: f"{partition}: a snapshot of it exists; remove it first",
+        E.EPERM: "writing /sys/kernel/cblb/cmd needs CAP_SYS_ADMIN",
+    }
+
+
 def _run(system: SystemLike, argv: list[str], what: str) -> subprocess.CompletedProcess[str]:
     try:
         return system.run(argv)
@@ -279,15 +302,7 @@ class Controller:
             raise CblbError(f"{name} has no changed-block map ({path} is missing): the "
                             "module does not track changes; take a full backup",
                             E.ENOENT) from None
-        parts = []
-        try:
-            off = 0
-            while chunk := os.pread(fd, MAP_READ, off):
-                parts.append(chunk)
-                off += len(chunk)
-        finally:
-            os.close(fd)
-        bitmap = b"".join(parts)
+        bitmap = _read_map(fd)
         again = self.snapshot(name)
         if (again.cbt_generation, again.cbt_sequence, again.start_time_ns) != \
                 (snap.cbt_generation, snap.cbt_sequence, snap.start_time_ns):
@@ -336,12 +351,7 @@ class Controller:
         if snap is not None:
             raise CblbError(f"{partition}: a snapshot of it exists ({snap.name}); remove it "
                             "first", E.EBUSY)
-        self._cmd(f"untrack {node}", {
-            E.ENOENT: f"{partition} is not tracked",
-            E.ENOTBLK: f"{partition} is not a block device",
-            E.EBUSY: f"{partition}: a snapshot of it exists; remove it first",
-            E.EPERM: "writing /sys/kernel/cblb/cmd needs CAP_SYS_ADMIN",
-        })
+        self._cmd(f"untrack {node}", _tracked_refusals(partition))
 
     # ---- tracking kept across a restart (kmod/doc/CBT.md, cblb/keep.py) ----------
     def seal(self, partition: str) -> None:
@@ -349,9 +359,7 @@ class Controller:
         so a map read after this is known complete while that attribute says yes."""
         node = self.system.resolve(partition)
         self._cmd(f"seal {node}", {
-            E.ENOENT: f"{partition} is not tracked",
-            E.ENOTBLK: f"{partition} is not a block device",
-            E.EBUSY: f"{partition}: a snapshot of it exists; remove it first",
+            **_tracked_refusals(partition),
             E.EINVAL: "the module does not know 'seal': load a module of cblb 0.17 or later",
         })
 
@@ -364,16 +372,8 @@ class Controller:
 
     def current_map(self, t: Tracking) -> bytes:
         """The map of what was written to ``t`` since its last start (read page by page)."""
-        parts = []
-        fd = os.open(self.root / "tracking" / t.disk / "map", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            off = 0
-            while chunk := os.pread(fd, MAP_READ, off):
-                parts.append(chunk)
-                off += len(chunk)
-        finally:
-            os.close(fd)
-        return b"".join(parts)
+        return _read_map(os.open(self.root / "tracking" / t.disk / "map",
+                                 os.O_RDONLY | os.O_CLOEXEC))
 
     def give_back_map(self, t: Tracking, bitmap: bytes) -> None:
         """OR a saved map into ``t``'s current one (only while its generation is fresh)."""
