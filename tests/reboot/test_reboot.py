@@ -75,6 +75,8 @@ def boots() -> dict[str, dict[str, Any]]:
     out["boot2"] = boot(work, "boot2")
     out["boot3"] = boot(work, "boot3")
     out["work"] = {"path": str(work)}
+    for img in work.glob("*.img"):  # ~1 GiB of images; each boot's JSON and console stay
+        img.unlink()
     return out
 
 
