@@ -84,6 +84,12 @@ static struct cblb_cbt *to_cbt(struct kobject *kobj)
 	return container_of(kobj, struct cblb_cbt, kobj);
 }
 
+/* Bytes of each map: one bit per block, in whole longs. */
+static size_t cbt_map_bytes(const struct cblb_cbt *c)
+{
+	return BITS_TO_LONGS(c->nbits) * sizeof(long);
+}
+
 /* ---- marking: from the ftrace handler, any context, never sleeps ---- */
 
 /* Set bits [first, last] of map, word by word (one atomic per word not yet all set). */
@@ -183,7 +189,7 @@ CBT_ATTR(size_sectors, unsigned long long, "%llu", c->sectors)
 /* Blocks written since the last start: the current map's weight (a moving count). */
 CBT_ATTR(changed_blocks, unsigned int, "%u",
 	 bitmap_weight(c->map[smp_load_acquire(&c->state) & 1], c->nbits))
-CBT_ATTR(memory_bytes, size_t, "%zu", 2 * BITS_TO_LONGS(c->nbits) * sizeof(long))
+CBT_ATTR(memory_bytes, size_t, "%zu", 2 * cbt_map_bytes(c))
 
 /*
  * Whether the map read since the seal holds every write: "yes" when sealed and nothing
@@ -215,23 +221,31 @@ static struct attribute *cbt_attrs[] = {
 	NULL,
 };
 
+/* A pread of map m (one of c->map), clipped at its end. */
+static ssize_t cbt_copy_map(struct cblb_cbt *c, const unsigned long *m, char *buf,
+			    loff_t off, size_t count)
+{
+	size_t size = cbt_map_bytes(c);
+
+	lockdep_assert_held(&c->lock);
+	if (off >= size)
+		return 0;
+	count = min_t(size_t, count, size - off);
+	memcpy(buf, (const char *)m + off, count);
+	return count;
+}
+
 /* pread of the current map (what was written since the last start): for a save. */
 static ssize_t map_read(struct file *f, struct kobject *kobj, cblb_bin_attr_arg *attr,
 			char *buf, loff_t off, size_t count)
 {
 	struct cblb_cbt *c = to_cbt(kobj);
-	size_t size;
+	ssize_t n;
 
 	mutex_lock(&c->lock);
-	size = BITS_TO_LONGS(c->nbits) * sizeof(long);
-	if (off >= size) {
-		count = 0;
-	} else {
-		count = min_t(size_t, count, size - off);
-		memcpy(buf, (char *)c->map[smp_load_acquire(&c->state) & 1] + off, count);
-	}
+	n = cbt_copy_map(c, c->map[smp_load_acquire(&c->state) & 1], buf, off, count);
 	mutex_unlock(&c->lock);
-	return count;
+	return n;
 }
 
 /*
@@ -245,16 +259,15 @@ static ssize_t map_write(struct file *f, struct kobject *kobj, cblb_bin_attr_arg
 	struct cblb_cbt *c = to_cbt(kobj);
 	const unsigned long *src = (const unsigned long *)buf;
 	unsigned long *cur;
-	size_t size, w;
 	ssize_t ret = count;
+	size_t w;
 
 	if (!IS_ALIGNED(off, sizeof(long)) || !IS_ALIGNED(count, sizeof(long)))
 		return -EINVAL;
 	mutex_lock(&c->lock);
-	size = BITS_TO_LONGS(c->nbits) * sizeof(long);
 	if (!c->fresh) {
 		ret = -EBUSY;
-	} else if (off + count > size) {
+	} else if (off + count > cbt_map_bytes(c)) {
 		ret = -EFBIG;
 	} else {
 		cur = c->map[smp_load_acquire(&c->state) & 1] + off / sizeof(long);
@@ -612,18 +625,13 @@ unsigned int cblb_cbt_block_size(struct cblb_snapshot *s)
 ssize_t cblb_cbt_read_map(struct cblb_snapshot *s, char *buf, loff_t off, size_t count)
 {
 	struct cblb_cbt *c = s->cbt;
-	size_t size;
+	ssize_t n = 0;
 
 	mutex_lock(&c->lock);
-	size = BITS_TO_LONGS(c->nbits) * sizeof(long);
-	if (!READ_ONCE(s->cbt_ready) || off >= size) {
-		count = 0;
-	} else {
-		count = min_t(size_t, count, size - off);
-		memcpy(buf, (char *)c->map[!(c->state & 1)] + off, count);
-	}
+	if (READ_ONCE(s->cbt_ready))
+		n = cbt_copy_map(c, c->map[!(c->state & 1)], buf, off, count);
 	mutex_unlock(&c->lock);
-	return count;
+	return n;
 }
 
 /* ---- commands ---- */
@@ -666,33 +674,6 @@ out_unlock:
 	return err;
 }
 
-int cblb_cmd_untrack(const char *path)
-{
-	struct cblb_cbt *c;
-	dev_t dev;
-	int err;
-
-	err = cblb_lookup_bdev(path, &dev);
-	if (err) {
-		pr_notice_ratelimited("untrack: %s is not a block device (%d)\n", path, err);
-		return err;
-	}
-	mutex_lock(&cblb_cmd_lock);
-	c = cbt_find(dev);
-	if (!c) {
-		pr_notice_ratelimited("untrack: %s is not tracked\n", path);
-		err = -ENOENT;
-	} else if (c->snap) {
-		pr_notice_ratelimited("untrack: %s has snapshot %s; remove it first\n", path,
-				      c->snap->name);
-		err = -EBUSY;
-	} else {
-		cbt_destroy(c);
-	}
-	mutex_unlock(&cblb_cmd_lock);
-	return err;
-}
-
 /* The tracked origin at path, under cblb_cmd_lock; NULL with *errp set (and said) if none. */
 static struct cblb_cbt *cbt_of_path(const char *cmd, const char *path, int *errp)
 {
@@ -713,6 +694,32 @@ static struct cblb_cbt *cbt_of_path(const char *cmd, const char *path, int *errp
 	return c;
 }
 
+/* A tracked origin with a snapshot refuses cmd (EBUSY, said); 0 if it has none. */
+static int cbt_refuse_if_snapshot(const char *cmd, const char *path, struct cblb_cbt *c)
+{
+	lockdep_assert_held(&cblb_cmd_lock);
+	if (!c->snap)
+		return 0;
+	pr_notice_ratelimited("%s: %s has snapshot %s; remove it first\n", cmd, path,
+			      c->snap->name);
+	return -EBUSY;
+}
+
+int cblb_cmd_untrack(const char *path)
+{
+	struct cblb_cbt *c;
+	int err;
+
+	mutex_lock(&cblb_cmd_lock);
+	c = cbt_of_path("untrack", path, &err);
+	if (c)
+		err = cbt_refuse_if_snapshot("untrack", path, c);
+	if (c && !err)
+		cbt_destroy(c);
+	mutex_unlock(&cblb_cmd_lock);
+	return err;
+}
+
 /*
  * seal: from now on a write to the origin breaks the seal (the "sealed" attribute says
  * "written"), so a map read after this command is known complete while it says "yes".
@@ -725,11 +732,9 @@ int cblb_cmd_seal(const char *path)
 
 	mutex_lock(&cblb_cmd_lock);
 	c = cbt_of_path("seal", path, &err);
-	if (c && c->snap) {
-		pr_notice_ratelimited("seal: %s has snapshot %s; remove it first\n", path,
-				      c->snap->name);
-		err = -EBUSY;
-	} else if (c) {
+	if (c)
+		err = cbt_refuse_if_snapshot("seal", path, c);
+	if (c && !err) {
 		WRITE_ONCE(c->seal, CBT_SEALED);
 		synchronize_rcu();
 	}
@@ -737,12 +742,7 @@ int cblb_cmd_seal(const char *path)
 	return err;
 }
 
-/*
- * resume: a fresh generation (tracking began, no start since) takes the place of a saved
- * one: its generation and sequence. User space checked that nothing escaped between the
- * save and this tracking, and wrote the saved map into the "map" attribute of the fresh
- * generation it names, which must still be the current one (doc/CBT.md).
- */
+/* A generation word of resume: a UUID, not the null one. */
 static int parse_generation(const char *text, uuid_t *g)
 {
 	if (strlen(text) != UUID_STRING_LEN || uuid_parse(text, g) || uuid_is_null(g)) {
@@ -752,6 +752,12 @@ static int parse_generation(const char *text, uuid_t *g)
 	return 0;
 }
 
+/*
+ * resume: a fresh generation (tracking began, no start since) takes the place of a saved
+ * one: its generation and sequence. User space checked that nothing escaped between the
+ * save and this tracking, and wrote the saved map into the "map" attribute of the fresh
+ * generation it names, which must still be the current one (doc/CBT.md).
+ */
 int cblb_cmd_resume(const char *path, const char *generation, u64 sequence,
 		    unsigned int block_size, const char *fresh)
 {

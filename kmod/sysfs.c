@@ -83,11 +83,23 @@ usage:
 	return err;
 }
 
+/* The commands of one argument: the word they take, the function they run. */
+static const struct {
+	const char *name, *arg;
+	int (*run)(const char *arg);
+} one_word_cmds[] = {
+	{ "remove", "dev", cblb_cmd_remove },
+	{ "track", "partition", cblb_cmd_track },
+	{ "untrack", "partition", cblb_cmd_untrack },
+	{ "seal", "partition", cblb_cmd_seal },
+};
+
 static int run_cmd(char *line, char **w)
 {
 	int n = split_words(line, w, CMD_WORDS);
 	unsigned long long blocks, seq;
 	unsigned int files, bsize;
+	size_t i;
 
 	if (n == -E2BIG && !strcmp(w[0], "startset")) {
 		pr_notice_ratelimited("startset: at most %d members\n", CBLB_SET_MAX);
@@ -111,19 +123,15 @@ static int run_cmd(char *line, char **w)
 	}
 	if (!strcmp(w[0], "startset"))
 		return run_startset(w, n);
-	if (!strcmp(w[0], "track") || !strcmp(w[0], "untrack")) {
+	for (i = 0; i < ARRAY_SIZE(one_word_cmds); i++) {
+		if (strcmp(w[0], one_word_cmds[i].name))
+			continue;
 		if (n != 2) {
-			pr_notice_ratelimited("%s: usage: %s <partition>\n", w[0], w[0]);
+			pr_notice_ratelimited("%s: usage: %s <%s>\n", w[0], w[0],
+					      one_word_cmds[i].arg);
 			return -EINVAL;
 		}
-		return w[0][0] == 't' ? cblb_cmd_track(w[1]) : cblb_cmd_untrack(w[1]);
-	}
-	if (!strcmp(w[0], "seal")) {
-		if (n != 2) {
-			pr_notice_ratelimited("seal: usage: seal <partition>\n");
-			return -EINVAL;
-		}
-		return cblb_cmd_seal(w[1]);
+		return one_word_cmds[i].run(w[1]);
 	}
 	if (!strcmp(w[0], "resume")) {
 		if (n != 6 || kstrtoull(w[3], 10, &seq) || kstrtouint(w[4], 10, &bsize)) {
@@ -131,13 +139,6 @@ static int run_cmd(char *line, char **w)
 			return -EINVAL;
 		}
 		return cblb_cmd_resume(w[1], w[2], seq, bsize, w[5]);
-	}
-	if (!strcmp(w[0], "remove")) {
-		if (n != 2) {
-			pr_notice_ratelimited("remove: usage: remove <dev>\n");
-			return -EINVAL;
-		}
-		return cblb_cmd_remove(w[1]);
 	}
 usage:
 	pr_notice_ratelimited("unknown command; use create, start, startset, remove, track, untrack, seal or resume\n");
