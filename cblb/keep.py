@@ -41,7 +41,7 @@ import os
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .control import Controller
 from .errors import CblbError
@@ -139,7 +139,8 @@ def boot_id() -> str:
 
 def identity(ctl: Controller, device: str) -> dict[str, Any]:
     """What makes ``device`` the same device at the next boot: its size, its PARTUUID
-    (a partition), its backing file and inode (a loop device), its filesystem's UUID."""
+    (a partition), its backing file and inode (a loop device). Its filesystem's UUID is
+    in the stamp, compared apart."""
     name = os.path.basename(os.path.realpath(device))
     ident: dict[str, Any] = {"size": ctl.system.device_size(device)}
     sysdir = Path("/sys/class/block") / name
@@ -163,10 +164,15 @@ def _record_path(keep_dir: str, disk: str) -> str:
     return os.path.join(keep_dir, disk + SUFFIX)
 
 
-def _write(keep_dir: str, disk: str, rec: Record) -> None:
+def _write(keep_dir: str, disk: str, rec: Record,
+           before_rename: Callable[[], None] | None = None) -> None:
+    """The record, atomically; ``before_rename`` (run once it is written and before it
+    replaces the old one) may raise to leave the old one in place."""
     os.makedirs(keep_dir, mode=0o700, exist_ok=True)
     with AtomicFile(_record_path(keep_dir, disk), perm=0o600) as f:
         f.write(rec.encode())
+        if before_rename is not None:
+            before_rename()
 
 
 def _live(keep_dir: str, t: Tracking, reason: str) -> None:
@@ -257,15 +263,15 @@ def _save_one(ctl: Controller, t: Tracking, keep_dir: str, device: str) -> Outco
     rec = Record(state="saved", device=device, identity=identity(ctl, device), stamp=stamp,
                  generation=now.generation, sequence=now.sequence,
                  block_size=now.block_size, bitmap=ctl.current_map(now), boot_id=boot_id())
-    os.makedirs(keep_dir, mode=0o700, exist_ok=True)
+    def seal_held() -> None:
+        flush_device(device)
+        if ctl.sealed(now) != "yes":
+            raise _Unsealed
+
     try:
         # Renamed into place only once the seal held to here; a power loss before that
         # leaves the previous record, live since the boot.
-        with AtomicFile(_record_path(keep_dir, t.disk), perm=0o600) as f:
-            f.write(rec.encode())
-            flush_device(device)
-            if ctl.sealed(now) != "yes":
-                raise _Unsealed
+        _write(keep_dir, t.disk, rec, before_rename=seal_held)
     except _Unsealed:
         why = "it was written while its map was saved"
         _live(keep_dir, t, f"not saved at shutdown: {why}")
@@ -279,13 +285,12 @@ def save(ctl: Controller, keep_dir: str = KEEP_DIR,
     ctl.require_loaded()
     tracked = ctl.tracking()
     if devices:
-        want = {devnum(ctl.system.stat(d)) for d in devices}
-        missing = [d for d in devices if devnum(ctl.system.stat(d)) not in
-                   {t.dev for t in tracked}]
+        want = {d: devnum(ctl.system.stat(d)) for d in devices}
+        missing = [d for d, n in want.items() if n not in {t.dev for t in tracked}]
         if missing:
             raise CblbError(f"{', '.join(missing)}: not tracked ('cblb status' lists the "
                             "tracked origins)", E.ENOENT)
-        tracked = [t for t in tracked if t.dev in want]
+        tracked = [t for t in tracked if t.dev in want.values()]
     return [save_one(ctl, t, keep_dir) for t in tracked]
 
 
@@ -311,7 +316,7 @@ def _resume_refusal(ctl: Controller, rec: Record, t: Tracking) -> str:
         return "it holds no ext4 or xfs filesystem whose record of writes cblb reads"
     if stamp != rec.stamp:
         return rec.stamp.what_changed(stamp)
-    if rec.block_size != t.block_size or len(rec.bitmap) != len(ctl.current_map(t)):
+    if rec.block_size != t.block_size or len(rec.bitmap) != t.map_bytes:
         return (f"its saved map ({rec.block_size}-byte blocks, {len(rec.bitmap)} bytes) "
                 f"does not fit its tracking ({t.block_size}-byte blocks)")
     return ""
@@ -383,11 +388,10 @@ def resume(ctl: Controller, keep_dir: str = KEEP_DIR,
     except FileNotFoundError:
         names = []
     if devices:
-        want = {os.path.basename(os.path.realpath(d)) + SUFFIX for d in devices}
-        missing = [d for d in devices
-                   if os.path.basename(os.path.realpath(d)) + SUFFIX not in names]
+        want = {d: os.path.basename(os.path.realpath(d)) + SUFFIX for d in devices}
+        missing = [d for d, n in want.items() if n not in names]
         if missing:
             raise CblbError(f"{', '.join(missing)}: no tracking record in {keep_dir}",
                             E.ENOENT)
-        names = [n for n in names if n in want]
+        names = [n for n in names if n in want.values()]
     return [resume_one(ctl, os.path.join(keep_dir, n), keep_dir) for n in names]

@@ -210,6 +210,13 @@ class Tracking:
         return min(self.changed_blocks * self.block_size, self.size)
 
     @property
+    def map_bytes(self) -> int:
+        """Bytes of each of its maps: one bit per block, rounded up to 8 bytes
+        (kmod/doc/CBT.md)."""
+        bits = -(-self.size // self.block_size) if self.block_size else 0
+        return -(-bits // 64) * 8
+
+    @property
     def short_generation(self) -> str:
         return self.generation[:8]
 

@@ -11,13 +11,15 @@ from ..output import emit_json
 
 
 def _report(args: argparse.Namespace, verb: str, done: list[keep.Outcome]) -> int:
+    ok = 0 if all(o.done for o in done) else 1
     if args.json:
         emit_json({"action": verb, "keep_dir": args.dir,
                    "origins": [o.to_json() for o in done]})
-    elif not done:
+        return ok
+    if not done:
         print(f"no tracked origin to {verb}" if verb == "save"
               else f"no tracking record in {args.dir}: nothing to resume")
-    for o in done if not args.json else []:
+    for o in done:
         if o.done:
             print(f"{o.device}: {verb}d generation {o.generation[:8]} at sequence "
                   f"{o.sequence}")
@@ -27,7 +29,7 @@ def _report(args: argparse.Namespace, verb: str, done: list[keep.Outcome]) -> in
         else:
             print(f"{o.device}: new generation {o.generation[:8]}: {o.why}; its next "
                   "backup must be a full one")
-    return 0 if all(o.done for o in done) else 1
+    return ok
 
 
 def _save(args: argparse.Namespace, ctl: Controller) -> int:

@@ -141,3 +141,14 @@ def test_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
 def test_install_systemd_installs_the_tracking_unit() -> None:
     text = (ROOT / "install").read_text()
     assert "cblb-tracking.service" in text
+
+
+@pytest.mark.parametrize("size, block, want", [
+    (24 << 20, 4096, 768),          # 6144 bits
+    (1 << 30, 4096, 32768),         # doc/CBT.md: 32 KiB per map for 1 GiB
+    (4096 * 65, 4096, 16),          # 65 bits: two 8-byte words
+    (1, 4096, 8),
+])
+def test_map_bytes_as_the_module_lays_a_map_out(size: int, block: int, want: int) -> None:
+    from cblb.model import Tracking
+    assert Tracking(disk="x", size_sectors=-(-size // 512), block_size=block).map_bytes == want

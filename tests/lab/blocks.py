@@ -51,6 +51,15 @@ def blocks_in_extents(extents: list[tuple[int, int]]) -> set[int]:
     return s
 
 
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file or device, read in 1 MiB pieces."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(SPAN), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def tree_checksums(root: Path) -> dict[str, str]:
     """sha256 of every regular file under root, by relative path."""
     out = {}
@@ -59,11 +68,7 @@ def tree_checksums(root: Path) -> dict[str, str]:
             p = Path(dirpath) / f
             if p.is_symlink() or not p.is_file():
                 continue
-            h = hashlib.sha256()
-            with open(p, "rb") as fh:
-                for chunk in iter(lambda: fh.read(SPAN), b""):
-                    h.update(chunk)
-            out[str(p.relative_to(root))] = h.hexdigest()
+            out[str(p.relative_to(root))] = file_sha256(p)
     return out
 
 

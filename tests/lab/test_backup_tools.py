@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+from blocks import file_sha256 as sha256
 from conftest import LoopDev, cleanup_snapshots, make_loop, mkfs, sh
 
 pytestmark = [pytest.mark.lab, pytest.mark.tools]
@@ -40,12 +41,6 @@ ENV_TOOLS = ("RESTIC_PASSWORD=lab RESTIC_CACHE_DIR=/tmp/cblb-restic-cache "
              "BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes")
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def tree_sums(root: Path) -> dict[str, str]:

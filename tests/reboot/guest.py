@@ -12,7 +12,6 @@ The origins, each on a loop device of its own slot (the same name at every boot)
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import os
@@ -23,7 +22,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests/lab")]
+from blocks import file_sha256 as sha256  # noqa: E402
+
 from cblb import cli  # noqa: E402
 
 # name: (loop slot, filesystem, image MiB, what the test does with it)
@@ -127,14 +129,6 @@ def snapshot(name: str, cat: str) -> str:
     cblb(f"create {snap} {loop(name)}")
     cblb(f"start {snap} {cat} 16M 8")
     return snap
-
-
-def sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def mark(out: dict[str, Any], step: str) -> None:
